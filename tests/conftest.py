@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+SCRATCH_CFG = os.path.join(CONFIGS, "mask_rcnn_R_18_FPN_scratch_cpu.yaml")
+RECIPE_CFG = os.path.join(CONFIGS, "mask_rcnn_R_50_FPN_3x_adam.yaml")
+# Small and fast: the scratch config at 160 px, for tests that only need the pipeline to run.
+TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST",
+        "160", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS",
+        "2", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    # Tests never download weights: a missing remote weight must fail at once.
+    monkeypatch.setenv("TUMORSEG_OFFLINE", "1")
+
+
+def real_data_root():
+    candidates = [os.path.join(os.environ["DETECTRON2_DATASETS"], "tumorseg")] \
+        if os.environ.get("DETECTRON2_DATASETS") else []
+    candidates.append(os.path.join(REPO, "..", "shared", "datasets", "tumorseg"))
+    for root in candidates:
+        if os.path.isfile(os.path.join(root, "test", "_annotations.coco.json")):
+            return os.path.abspath(root)
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_root():
+    root = real_data_root()
+    if root is None:
+        msg = ("real TumorSeg data not found ($DETECTRON2_DATASETS/tumorseg or "
+               "../shared/datasets/tumorseg)")
+        if os.environ.get("TUMORSEG_REQUIRE_REAL_DATA") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def phantom_root(tmp_path_factory):
+    from tumorseg_d2.data import make_phantom_dataset
+
+    root = tmp_path_factory.mktemp("phantom") / "tumorseg"
+    return str(make_phantom_dataset(str(root), counts={"train": 12, "valid": 6, "test": 6}))
+
+
+def run_tool(script, *args, timeout=900):
+    """Run tools/<script> as a user would; returns the completed process (output in .stdout)."""
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    return proc

@@ -1,0 +1,89 @@
+"""Training, resuming and evaluating through tools/train_net.py, as a user runs them."""
+import json
+import os
+
+import pytest
+from detectron2.utils.events import EventStorage
+
+from tumorseg_d2.engine import EarlyStopping
+
+from conftest import SCRATCH_CFG, TINY, run_tool
+
+
+def read_metrics_lines(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--config-file", SCRATCH_CFG, *TINY, "DATASETS.TUMORSEG_ROOT", real_root,
+              "OUTPUT_DIR", out, "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
+              "TEST.VAL_LOSS", "False"]
+    first = run_tool("train_net.py", *common, "SOLVER.MAX_ITER", "4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    test_metrics = json.load(open(os.path.join(out, "inference", "tumorseg_test", "metrics.json")))
+    for task in ("bbox", "segm"):
+        assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP50-0", "AP50-1"} <= set(test_metrics[task])
+    assert os.path.isfile(os.path.join(out, "model_final.pth"))
+    assert os.path.isfile(os.path.join(out, "inference", "tumorseg_test",
+                                       "coco_instances_results.json"))
+
+    # --resume continues from the last checkpoint instead of starting over.
+    resumed = run_tool("train_net.py", *common, "SOLVER.MAX_ITER", "6", "DATASETS.VAL", "()",
+                       "DATASETS.TEST", "()", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = open(os.path.join(out, "log.txt")).read()
+    assert "Starting training from iteration 4" in log
+    assert os.path.isfile(os.path.join(out, "model_0000005.pth"))
+
+    evaluated = run_tool("train_net.py", "--config-file", SCRATCH_CFG, "--eval-only", *TINY,
+                         "DATASETS.TUMORSEG_ROOT", real_root, "OUTPUT_DIR", str(tmp_path / "eval"),
+                         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "Evaluation results for segm" in evaluated.stdout + evaluated.stderr
+    assert os.path.isfile(tmp_path / "eval" / "inference" / "tumorseg_test" / "metrics.json")
+
+
+def test_validation_loss_and_best_checkpoint_on_phantom(phantom_root, tmp_path):
+    out = str(tmp_path / "run")
+    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", out,
+                    "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "2", "SOLVER.CHECKPOINT_PERIOD", "100")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = read_metrics_lines(out)
+    val = [x for x in lines if "validation_loss" in x]
+    assert [x["iteration"] for x in val] == [1, 3]
+    assert all(x["validation_loss"] > 0 and "val_loss_mask" in x for x in val)
+    assert all("segm/AP50" in x for x in val)  # validation AP at the same iterations
+    assert os.path.isfile(os.path.join(out, "model_best.pth"))
+    assert os.path.isfile(os.path.join(out, "inference", "tumorseg_test", "metrics.json"))
+    assert "Evaluating " + os.path.join(out, "model_best.pth") in open(os.path.join(out, "log.txt")).read()
+
+
+class FakeTrainer:
+    def __init__(self, max_iter):
+        self.iter, self.max_iter, self.stopped_at = 0, max_iter, None
+
+    def request_stop(self):
+        self.stopped_at = self.iter
+
+
+@pytest.mark.parametrize("values,patience,stop_iter", [
+    ([1.0, 2.0, 2.0, 1.5, 3.0], 2, 7),      # no gain at evals 3 and 4 -> stop after the 4th
+    ([1.0, 2.0, 3.0, 4.0, 5.0], 1, None),   # always improving
+    ([float("nan"), 1.0, 0.5, 0.5, 0.5], 3, 9),  # NaN is never an improvement
+])
+def test_early_stopping(values, patience, stop_iter):
+    trainer = FakeTrainer(max_iter=100)
+    hook = EarlyStopping(period=2, metric="segm/AP50", patience=patience)
+    hook.trainer = trainer
+    with EventStorage() as storage:
+        trainer.storage = storage
+        for k, value in enumerate(values):
+            trainer.iter = storage.iter = 2 * k + 1
+            storage.put_scalar("segm/AP50", value, smoothing_hint=False)
+            hook.after_step()
+            if trainer.stopped_at is not None:
+                break
+    assert trainer.stopped_at == stop_iter

@@ -1,0 +1,76 @@
+"""Config keys tumorseg-d2 adds to Detectron2's defaults, and the config set-up shared by the tools."""
+import difflib
+import os
+import re
+
+from detectron2.config import get_cfg
+
+OPTIMIZERS = ("SGD", "ADAM", "ADAMW")
+
+
+def add_tumorseg_config(cfg):
+    """Add tumorseg-d2's keys (with their defaults) to a Detectron2 config, in place."""
+    # Optimizer: "SGD" (Detectron2's), "ADAM" or "ADAMW". BETAS apply to Adam and AdamW.
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.BETAS = (0.9, 0.999)
+    # Root of the TumorSeg export; empty: $DETECTRON2_DATASETS/tumorseg, else datasets/tumorseg.
+    cfg.DATASETS.TUMORSEG_ROOT = ""
+    # Splits evaluated during training (checkpoint selection, validation loss, early stopping).
+    # DATASETS.TEST is used only for the final report and --eval-only, never for a choice.
+    cfg.DATASETS.VAL = ("tumorseg_valid",)
+    # Validation during training, every TEST.EVAL_PERIOD iterations.
+    cfg.TEST.VAL_LOSS = True  # also compute the mean training losses on DATASETS.VAL
+    cfg.TEST.BEST_METRIC = "segm/AP50"  # "" disables model_best.pth
+    cfg.TEST.BEST_MODE = "max"
+    # Stop when BEST_METRIC has not improved for this many evaluations (0: never).
+    cfg.TEST.EARLY_STOP_PATIENCE = 0
+
+
+def get_tumorseg_cfg():
+    """Detectron2's default config with tumorseg-d2's keys added."""
+    cfg = get_cfg()
+    add_tumorseg_config(cfg)
+    return cfg
+
+
+def validate_config(cfg):
+    """Reject values that would fail late or silently; messages name the key and the fix."""
+    if cfg.SOLVER.OPTIMIZER.upper() not in OPTIMIZERS:
+        raise ValueError(f"SOLVER.OPTIMIZER is {cfg.SOLVER.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
+    if cfg.TEST.BEST_MODE not in ("max", "min"):
+        raise ValueError(f"TEST.BEST_MODE is {cfg.TEST.BEST_MODE!r}; use 'max' or 'min'.")
+    if cfg.TEST.EARLY_STOP_PATIENCE and not cfg.TEST.BEST_METRIC:
+        raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.BEST_METRIC (e.g. 'segm/AP50').")
+    if cfg.TEST.EARLY_STOP_PATIENCE and cfg.TEST.EVAL_PERIOD <= 0:
+        raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.EVAL_PERIOD > 0.")
+
+
+def _all_keys(node, prefix=""):
+    for k, v in node.items():
+        yield from _all_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+
+def merge_config(cfg, config_file=None, opts=()):
+    """Merge a YAML file and KEY VALUE overrides; an unknown key gets a message with the nearest
+    valid keys instead of yacs' bare assertion."""
+    if config_file is not None and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file {config_file} does not exist; the configs shipped "
+                                "with tumorseg-d2 are in configs/.")
+    try:
+        if config_file is not None:
+            cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError) as e:
+        found = re.search(r"(?:key|Non-existent config key):\s*([\w.]+)", str(e))
+        if not found:
+            raise
+        key = found.group(1)
+        near = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3)
+        source = f"config file {config_file}" if config_file else "command line overrides"
+        raise ValueError(
+            f"Unknown config key {key} (in {source} or a file it includes). "
+            + (f"Did you mean {' or '.join(near)}? " if near else "")
+            + "Valid keys are Detectron2's (detectron2/config/defaults.py) plus tumorseg-d2's "
+            "(tumorseg_d2/config.py: add_tumorseg_config)."
+        ) from e
+    return cfg

@@ -1,0 +1,108 @@
+"""Registration of the TumorSeg splits (Roboflow "TumorSegmentation" COCO export).
+
+Names registered (lazily: nothing is read until a dataset is first used):
+
+- ``tumorseg_{train,valid,test}``: two classes, the export's category ids 1 and 2 (named "0" and "1");
+- ``tumorseg_agnostic_{train,valid,test}``: one class "tumor" (both categories merged), the
+  setting some published results on this data use.
+
+The export has a placeholder category (id 0, "Tumor", supercategory "none") that no annotation uses;
+it is not a class. Contiguous class ids 0/1 map back to dataset ids 1/2 through
+``thing_dataset_id_to_contiguous_id``, so results files carry the export's ids.
+
+The root folder holds ``{train,valid,test}/_annotations.coco.json`` and the images. It is, in order:
+the ``root`` passed to :func:`register_tumorseg` (the config key ``DATASETS.TUMORSEG_ROOT``),
+``$DETECTRON2_DATASETS/tumorseg``, or ``datasets/tumorseg`` (Detectron2's convention).
+"""
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import load_coco_json
+
+SPLITS = ("train", "valid", "test")
+ANNOTATION_FILE = "_annotations.coco.json"
+# Export's category id -> (name, color). Id 0 is the unused placeholder and deliberately absent.
+CATEGORIES = {1: "0", 2: "1"}
+CLASS_COLORS = [(255, 64, 64), (64, 160, 255)]
+AGNOSTIC_CLASS = "tumor"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    pass
+
+
+def default_root():
+    return os.path.join(os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets")), "tumorseg")
+
+
+def split_paths(root, split):
+    """(json_file, image_root) of one split, or a DatasetNotFoundError that says how to fix it."""
+    image_root = os.path.join(root, split)
+    json_file = os.path.join(image_root, ANNOTATION_FILE)
+    if not os.path.isfile(json_file):
+        raise DatasetNotFoundError(
+            f"TumorSeg split '{split}' not found: {os.path.abspath(json_file)} does not exist. "
+            f"Put the Roboflow COCO export under {os.path.abspath(root)} (see datasets/README.md), "
+            "or point the toolkit at it with DETECTRON2_DATASETS=<folder containing tumorseg/> or "
+            "the config key DATASETS.TUMORSEG_ROOT <root>."
+        )
+    return json_file, image_root
+
+
+def load_tumorseg(root, split, class_agnostic=False):
+    """Load one split as Detectron2 dataset dicts with contiguous category ids."""
+    json_file, image_root = split_paths(root, split)
+    # dataset_name=None keeps the export's category ids; we map them here so that the placeholder
+    # category does not become a class.
+    dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    id_map = contiguous_id_map(class_agnostic)
+    for record in dicts:
+        for ann in record.get("annotations", []):
+            cat = ann["category_id"]
+            if cat not in CATEGORIES:
+                raise ValueError(
+                    f"{json_file}: annotation of image '{record['file_name']}' has category_id "
+                    f"{cat}; TumorSeg annotations use {sorted(CATEGORIES)} (id 0 is the export's "
+                    "unused placeholder). Fix the annotation or use the original export."
+                )
+            ann["category_id"] = id_map[cat]
+    return dicts
+
+
+def contiguous_id_map(class_agnostic):
+    return {cat: 0 if class_agnostic else i for i, cat in enumerate(sorted(CATEGORIES))}
+
+
+def dataset_name(split, class_agnostic=False):
+    return f"tumorseg_agnostic_{split}" if class_agnostic else f"tumorseg_{split}"
+
+
+def register_tumorseg(root=None):
+    """(Re-)register all TumorSeg names. ``root=None`` resolves the default root at load time."""
+    for agnostic in (False, True):
+        if agnostic:
+            classes, colors = [AGNOSTIC_CLASS], CLASS_COLORS[:1]
+            # Results of the one class are written with the export's first real category id.
+            id_to_contiguous = {min(CATEGORIES): 0}
+        else:
+            classes, colors = [CATEGORIES[c] for c in sorted(CATEGORIES)], CLASS_COLORS
+            id_to_contiguous = contiguous_id_map(False)
+        for split in SPLITS:
+            name = dataset_name(split, agnostic)
+            if name in DatasetCatalog.list():
+                DatasetCatalog.remove(name)
+                # Drop metadata too: an evaluator may have cached a json_file made from the old root.
+                MetadataCatalog.remove(name)
+            DatasetCatalog.register(
+                name,
+                lambda split=split, agnostic=agnostic: load_tumorseg(
+                    root or default_root(), split, agnostic
+                ),
+            )
+            MetadataCatalog.get(name).set(
+                thing_classes=classes,
+                thing_colors=colors,
+                thing_dataset_id_to_contiguous_id=id_to_contiguous,
+                evaluator_type="coco",
+                dataset_root=root or "",
+            )

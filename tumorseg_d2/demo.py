@@ -1,0 +1,82 @@
+"""The README's first command: train, evaluate on the test split, and draw predictions.
+
+Uses the real TumorSeg export when it is found (``$DETECTRON2_DATASETS/tumorseg`` or
+``datasets/tumorseg``), else a synthetic phantom data set written under the output folder.
+Sized for about 10 minutes on 2 CPU cores.
+"""
+import argparse
+import logging
+import os
+import time
+
+from detectron2.engine import default_argument_parser
+
+from .data.datasets import SPLITS, default_root, split_paths
+from .data.phantom import make_phantom_dataset
+from .engine.run import final_weights, main, setup
+from .evaluation import format_results
+from .visualize import draw_split_predictions
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "mask_rcnn_R_18_FPN_scratch_cpu.yaml")
+# Iterations of 8 images: ~1.5 s each on 2 CPU cores at 320 px.
+ITERS = {"real": 360, "phantom": 300}
+
+
+def find_real_data():
+    root = default_root()
+    try:
+        for split in SPLITS:
+            split_paths(root, split)
+    except FileNotFoundError:
+        return None
+    return root
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", default="output/demo")
+    parser.add_argument("--iters", type=int, help="training iterations (default: by data set)")
+    parser.add_argument("--phantom", action="store_true", help="use the phantom even if real data exists")
+    parser.add_argument("--num-pictures", type=int, default=8)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
+    return parser.parse_args(argv)
+
+
+def run(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    root = None if args.phantom else find_real_data()
+    if root:
+        kind = "real"
+        print(f"[demo] Using the real TumorSeg data at {os.path.abspath(root)}")
+    else:
+        kind = "phantom"
+        root = os.path.join(args.output, "phantom", "tumorseg")
+        if not os.path.isfile(os.path.join(root, "test", "_annotations.coco.json")):
+            make_phantom_dataset(root)
+        print(f"[demo] Real data not found at {os.path.abspath(default_root())}; using the synthetic "
+              f"phantom data set written to {os.path.abspath(root)} (see datasets/README.md for the "
+              "real data)")
+    iters = args.iters or ITERS[kind]
+    train_dir = os.path.join(args.output, "train")
+    overrides = ["DATASETS.TUMORSEG_ROOT", root, "OUTPUT_DIR", train_dir,
+                 "SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", str(max(iters // 2, 1)),
+                 "SOLVER.CHECKPOINT_PERIOD", str(max(iters // 2, 1))] + args.opts
+    train_args = default_argument_parser().parse_args(["--config-file", CONFIG] + overrides)
+    results = main(train_args)
+
+    cfg = setup(train_args)
+    weights = final_weights(train_dir)
+    cfg.defrost()
+    cfg.MODEL.WEIGHTS = weights
+    cfg.freeze()
+    pictures = draw_split_predictions(cfg, cfg.DATASETS.TEST[0],
+                                      os.path.join(args.output, "predictions"), args.num_pictures)
+    logging.getLogger("tumorseg_d2").info("Wrote %d pictures", len(pictures))
+    print(f"\n[demo] {kind} data, {iters} iterations, test split, weights {weights}:\n")
+    print(format_results(results))
+    print(f"\n[demo] metrics: {train_dir}/inference/{cfg.DATASETS.TEST[0]}/metrics.json")
+    print(f"[demo] pictures: {os.path.dirname(pictures[0])}/ ({len(pictures)} PNGs)")
+    print(f"[demo] finished in {time.time() - start:.0f} s")
+    return results

@@ -1,0 +1,69 @@
+"""What tools/train_net.py runs: config set-up, training, and evaluation on the test split."""
+import logging
+import os
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_setup
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..checkpoint import resolve_weights
+from ..config import get_tumorseg_cfg, merge_config, validate_config
+from ..data import register_tumorseg
+from .trainer import Trainer, check_num_classes
+
+logger = logging.getLogger("tumorseg_d2")
+
+
+def setup(args):
+    """Config from --config-file and KEY VALUE overrides; datasets registered; logging set up."""
+    cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
+    validate_config(cfg)
+    no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if no_gpu:
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    check_num_classes(cfg)
+    default_setup(cfg, args)
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
+    if no_gpu:
+        logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
+    return cfg
+
+
+def final_weights(output_dir):
+    """The checkpoint to report: the best on validation if one was kept, else the last."""
+    for name in ("model_best.pth", "model_final.pth"):
+        path = os.path.join(output_dir, name)
+        if os.path.isfile(path):
+            return path
+    return DetectionCheckpointer(None, save_dir=output_dir).get_checkpoint_file()
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        if not cfg.MODEL.WEIGHTS:
+            raise ValueError("--eval-only needs weights to evaluate: add MODEL.WEIGHTS <checkpoint>, "
+                             "e.g. output/model_best.pth.")
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    trainer.train()
+    if not cfg.DATASETS.TEST:
+        return None
+    # Report on the test split with the checkpoint chosen on validation (never on test).
+    weights = final_weights(cfg.OUTPUT_DIR)
+    logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
+    model = trainer.model
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+    if comm.get_world_size() > 1:
+        comm.synchronize()
+    return Trainer.test(cfg, model)

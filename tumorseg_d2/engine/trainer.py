@@ -1,0 +1,127 @@
+"""The tumorseg-d2 trainer: Detectron2's DefaultTrainer with Adam/AdamW, validation-driven
+checkpoint selection, validation loss, early stopping, and weights that fail fast when missing."""
+import logging
+import os
+
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
+
+from ..checkpoint import resolve_weights
+from ..evaluation import TumorCOCOEvaluator, format_results, save_results
+from .hooks import EarlyStopping, ValidationLoss
+
+logger = logging.getLogger(__name__)
+
+
+class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._stop_requested = False
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        name = cfg.SOLVER.OPTIMIZER.upper()
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optim = {"ADAM": torch.optim.Adam, "ADAMW": torch.optim.AdamW}[name]
+        return maybe_add_gradient_clipping(cfg, optim)(
+            params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
+        return TumorCOCOEvaluator(dataset_name, output_folder, tasks=tasks)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluate on cfg.DATASETS.TEST; print and save each dataset's table and metrics.json."""
+        results = super().test(cfg, model, evaluators)
+        per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+        if comm.is_main_process():
+            for name, res in per_dataset.items():
+                folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
+                save_results(res, os.path.join(folder, "metrics.json"))
+                logger.info(f"COCO results on {name} (saved in {folder}/metrics.json):\n"
+                            + format_results(res))
+        return results
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = super().build_hooks()
+        # DefaultTrainer evaluates DATASETS.TEST while training; we validate on DATASETS.VAL so the
+        # test split never takes part in a choice.
+        val_cfg = cfg.clone()
+        val_cfg.defrost()
+        val_cfg.DATASETS.TEST = cfg.DATASETS.VAL
+        val_cfg.freeze()
+        at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
+        period = cfg.TEST.EVAL_PERIOD
+        extra = [hooks.EvalHook(period, lambda: self.test(val_cfg, self.model))]
+        if cfg.TEST.VAL_LOSS and cfg.DATASETS.VAL:
+            extra.insert(0, ValidationLoss(cfg, cfg.DATASETS.VAL[0], period))
+        if cfg.TEST.BEST_METRIC and period > 0 and comm.is_main_process():
+            extra.append(hooks.BestCheckpointer(period, self.checkpointer, cfg.TEST.BEST_METRIC,
+                                                cfg.TEST.BEST_MODE))
+        if cfg.TEST.EARLY_STOP_PATIENCE > 0:
+            extra.append(EarlyStopping(period, cfg.TEST.BEST_METRIC, cfg.TEST.EARLY_STOP_PATIENCE,
+                                       cfg.TEST.BEST_MODE))
+        ret[at:at + 1] = extra
+        return ret
+
+    def resume_or_load(self, resume=True):
+        if not (resume and self.checkpointer.has_checkpoint()):
+            # Only the initial weights are resolved: a resumed run reads its own last checkpoint.
+            self.cfg.defrost()
+            self.cfg.MODEL.WEIGHTS = resolve_weights(self.cfg.MODEL.WEIGHTS)
+            self.cfg.freeze()
+        super().resume_or_load(resume=resume)
+
+    def request_stop(self):
+        self._stop_requested = True
+
+    def train(self):
+        """TrainerBase.train's loop with one addition: a hook may end it early (request_stop)."""
+        logger.info(f"Starting training from iteration {self.start_iter}")
+        self.iter = self.start_iter
+        with EventStorage(self.start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(self.start_iter, self.max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                    if self._stop_requested:
+                        break
+                else:
+                    self.iter += 1  # iter == max_iter tells after_train the run completed
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+
+
+def check_num_classes(cfg):
+    """MODEL.ROI_HEADS.NUM_CLASSES must match the training dataset's classes."""
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST:
+        classes = MetadataCatalog.get(name).get("thing_classes")
+        if classes is not None and len(classes) != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES} but dataset "
+                f"'{name}' has {len(classes)} classes {classes}. Set MODEL.ROI_HEADS.NUM_CLASSES "
+                f"{len(classes)} (the *_agnostic_* datasets have 1 class, the others 2)."
+            )

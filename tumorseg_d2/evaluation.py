@@ -1,0 +1,154 @@
+"""COCO evaluation (pycocotools) with per-class tables and a correct score for 'no detections'."""
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.evaluation import COCOEvaluator
+from detectron2.structures import Boxes, BoxMode, Instances, polygons_to_bitmask
+from tabulate import tabulate
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# COCOeval area ranges, as indexed in coco_eval.eval["precision"][..., area, maxdet].
+AREA_RANGES = {"all": (0, 1e10), "small": (0, 32**2), "medium": (32**2, 96**2), "large": (96**2, 1e10)}
+
+
+class TumorCOCOEvaluator(COCOEvaluator):
+    """Detectron2's COCOEvaluator with three changes.
+
+    - Always the official pycocotools implementation (the fast C++ one is not in the pure-Python
+      Detectron2 build).
+    - Ground truth is converted from the registered dataset on every run, not read from a stale
+      cached conversion (v0.6 reuses ``<name>_coco_format.json`` of any age). The conversion also
+      renumbers annotation ids from 1: pycocotools treats a matched annotation id of 0 as
+      "unmatched", so the export's annotation id 0 would cost a true positive.
+    - No detections at all scores 0 (not NaN) for every figure whose ground truth exists.
+
+    Per-class AP, AP50, AP75, APs, APm and APl are added as ``"<metric>-<class>"``.
+    """
+
+    def __init__(self, dataset_name, output_dir, tasks=("bbox", "segm"), distributed=True):
+        metadata = MetadataCatalog.get(dataset_name)
+        if not hasattr(metadata, "json_file"):
+            stale = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+            if os.path.exists(stale):
+                os.remove(stale)
+        super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False)
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if iou_type not in ("bbox", "segm"):
+            return super()._derive_coco_results(coco_eval, iou_type, class_names)
+        if coco_eval is None:
+            return self._no_detection_results(class_names)
+        results = super()._derive_coco_results(coco_eval, iou_type, class_names)
+        for k, name in enumerate(class_names or []):
+            for metric, value in per_class_metrics(coco_eval.eval["precision"], k).items():
+                results[f"{metric}-{name}"] = value
+        self._logger.info(f"Per-class {iou_type} results:\n" + format_per_class(results, class_names))
+        return results
+
+    def _no_detection_results(self, class_names):
+        """Every figure is 0 where ground truth exists (recall 0), NaN where it does not."""
+        self._logger.warning("No detections: every AP with ground truth is 0.")
+        anns = self._coco_api.loadAnns(self._coco_api.getAnnIds(iscrowd=False))
+        contiguous = self._metadata.thing_dataset_id_to_contiguous_id
+
+        def score(anns):
+            areas = np.array([a["area"] for a in anns])
+            out = {}
+            for metric in METRICS:
+                rng = AREA_RANGES[{"s": "small", "m": "medium", "l": "large"}.get(metric[2:], "all")]
+                has_gt = np.any((areas >= rng[0]) & (areas < rng[1]))
+                out[metric] = 0.0 if has_gt else float("nan")
+            return out
+
+        results = score(anns)
+        for k, name in enumerate(class_names or []):
+            class_anns = [a for a in anns if contiguous.get(a["category_id"]) == k]
+            results.update({f"{m}-{name}": v for m, v in score(class_anns).items()})
+        return results
+
+
+def per_class_metrics(precision, k):
+    """AP figures of class index ``k`` from COCOeval's precision array [T, R, K, A, M] (in %).
+
+    AP averages precision over IoU thresholds 0.50:0.95 and 101 recall points (all areas, 100
+    detections); AP50 / AP75 at one threshold; APs / APm / APl over small / medium / large areas.
+    Entries of -1 (no ground truth) are excluded; NaN if nothing remains.
+    """
+
+    def mean(p):
+        p = p[p > -1]
+        return float(np.mean(p) * 100) if p.size else float("nan")
+
+    return {
+        "AP": mean(precision[:, :, k, 0, -1]),
+        "AP50": mean(precision[0, :, k, 0, -1]),
+        "AP75": mean(precision[5, :, k, 0, -1]),
+        "APs": mean(precision[:, :, k, 1, -1]),
+        "APm": mean(precision[:, :, k, 2, -1]),
+        "APl": mean(precision[:, :, k, 3, -1]),
+    }
+
+
+def format_per_class(results, class_names):
+    rows = [[name] + [results.get(f"{m}-{name}", float("nan")) for m in METRICS]
+            for name in class_names or []]
+    return tabulate(rows, headers=["class"] + list(METRICS), floatfmt=".2f", tablefmt="pipe")
+
+
+def format_results(results):
+    """Markdown table of {task: {metric: value}} with one row per task and class."""
+    rows = []
+    for task, res in results.items():
+        rows.append([task, "all"] + [res.get(m, float("nan")) for m in METRICS])
+        classes = sorted({k.split("-", 1)[1] for k in res if k.startswith("AP50-")})
+        for name in classes:
+            rows.append([task, name] + [res.get(f"{m}-{name}", float("nan")) for m in METRICS])
+    return tabulate(rows, headers=["task", "class"] + list(METRICS), floatfmt=".2f",
+                    tablefmt="pipe")
+
+
+def save_results(results, path):
+    """Write {dataset or task: {metric: value}} as JSON (NaN as null: strict JSON readers)."""
+
+    def clean(obj):
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, float) and math.isnan(obj):
+            return None
+        return obj
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(clean(results), f, indent=2)
+
+
+class GroundTruthModel(torch.nn.Module):
+    """A stand-in model whose predictions are a dataset's ground truth (score 1).
+
+    Fed through the normal evaluation path (loader, inference_on_dataset, evaluator), it must score
+    AP 100 on every split: anything less is a bug in loading, id mapping or evaluation.
+    """
+
+    def __init__(self, dataset_name):
+        super().__init__()
+        self._records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
+
+    def forward(self, batched_inputs):
+        return [{"instances": self._instances(self._records[x["image_id"]])} for x in batched_inputs]
+
+    @staticmethod
+    def _instances(record):
+        h, w = record["height"], record["width"]
+        anns = record.get("annotations", [])
+        inst = Instances((h, w))
+        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.ones(len(anns))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
+        masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
+        inst.pred_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), bool))
+        return inst
