@@ -30,8 +30,8 @@ def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
                                        "coco_instances_results.json"))
 
     # --resume continues from the last checkpoint instead of starting over.
-    resumed = run_tool("train_net.py", *common, "SOLVER.MAX_ITER", "6", "DATASETS.VAL", "()",
-                       "DATASETS.TEST", "()", "--resume")
+    resumed = run_tool("train_net.py", "--resume", *common, "SOLVER.MAX_ITER", "6",
+                       "DATASETS.VAL", "()", "DATASETS.TEST", "()")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = open(os.path.join(out, "log.txt")).read()
     assert "Starting training from iteration 4" in log
@@ -41,7 +41,7 @@ def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
                          "DATASETS.TUMORSEG_ROOT", real_root, "OUTPUT_DIR", str(tmp_path / "eval"),
                          "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    assert "Evaluation results for segm" in evaluated.stdout + evaluated.stderr
+    assert "COCO results on tumorseg_test" in evaluated.stdout + evaluated.stderr
     assert os.path.isfile(tmp_path / "eval" / "inference" / "tumorseg_test" / "metrics.json")
 
 
@@ -53,7 +53,7 @@ def test_validation_loss_and_best_checkpoint_on_phantom(phantom_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = read_metrics_lines(out)
     val = [x for x in lines if "validation_loss" in x]
-    assert [x["iteration"] for x in val] == [1, 3]
+    assert [x["iteration"] for x in val] == [1, 4]  # after iteration 2, and at the end
     assert all(x["validation_loss"] > 0 and "val_loss_mask" in x for x in val)
     assert all("segm/AP50" in x for x in val)  # validation AP at the same iterations
     assert os.path.isfile(os.path.join(out, "model_best.pth"))

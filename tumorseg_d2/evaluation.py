@@ -107,8 +107,12 @@ def format_results(results):
         classes = sorted({k.split("-", 1)[1] for k in res if k.startswith("AP50-")})
         for name in classes:
             rows.append([task, name] + [res.get(f"{m}-{name}", float("nan")) for m in METRICS])
-    return tabulate(rows, headers=["task", "class"] + list(METRICS), floatfmt=".2f",
-                    tablefmt="pipe")
+    table = tabulate(rows, headers=["task", "class"] + list(METRICS), floatfmt=".2f",
+                     tablefmt="pipe")
+    if any(isinstance(v, float) and math.isnan(v) for row in rows for v in row):
+        table += ("\nnan: no ground truth of that class or size in the split (APs: area < 32^2 px, "
+                  "APm: 32^2-96^2, APl: > 96^2), so the figure is undefined.")
+    return table
 
 
 def save_results(results, path):

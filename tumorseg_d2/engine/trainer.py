@@ -50,7 +50,8 @@ class Trainer(DefaultTrainer):
     def test(cls, cfg, model, evaluators=None):
         """Evaluate on cfg.DATASETS.TEST; print and save each dataset's table and metrics.json."""
         results = super().test(cfg, model, evaluators)
-        per_dataset = results if len(cfg.DATASETS.TEST) > 1 else {cfg.DATASETS.TEST[0]: results}
+        # DefaultTrainer.test unwraps the results of a single dataset.
+        per_dataset = {cfg.DATASETS.TEST[0]: results} if len(cfg.DATASETS.TEST) == 1 else results
         if comm.is_main_process():
             for name, res in per_dataset.items():
                 folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
