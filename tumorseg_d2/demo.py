@@ -19,9 +19,9 @@ from .visualize import draw_split_predictions
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "mask_rcnn_R_18_FPN_scratch_cpu.yaml")
-# Iterations of 8 images, ~1.7 s each on 2 CPU cores at 320 px: about 10 minutes in all on the
+# Iterations of 8 images, 1.5-2.1 s each on 2 CPU cores at 320 px: under 12 minutes in all on the
 # real data. The phantom is easy: AP50 is near 100 after 100 iterations.
-ITERS = {"real": 300, "phantom": 150}
+ITERS = {"real": 240, "phantom": 150}
 
 
 def find_real_data():
