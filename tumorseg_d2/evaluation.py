@@ -121,6 +121,10 @@ def save_results(results, path):
     def clean(obj):
         if isinstance(obj, dict):
             return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        if isinstance(obj, np.generic):
+            obj = obj.item()
         if isinstance(obj, float) and math.isnan(obj):
             return None
         return obj

@@ -1,0 +1,168 @@
+"""Per-image overlap and detection figures at a score threshold, and their summaries.
+
+Predictions are per-image dicts ``{"image_id", "boxes" (N, 4) XYXY, "scores" (N,), "classes" (N,)
+contiguous ids, "rles" (N COCO RLEs)}``; ground truth is the registered dataset's records.
+
+Definitions (also written into the report):
+- A detection is a prediction with score >= the threshold. A tumor is *found* when a detection
+  (of its class, for per-class figures) overlaps it with box IoU >= ``match_iou`` (0.5), matched
+  greedily by score, one detection per tumor. Unmatched tumors are *missed*; unmatched detections
+  are *false alarms*.
+- Lesion-level sensitivity = found / tumors, precision = found / detections, F1 their harmonic mean.
+- Slice level: a slice with a tumor is a true positive when all its tumors are found, else a false
+  negative; a slice without a tumor is a false positive when it has a detection, else a true
+  negative. Specificity = TN / (TN + FP) needs slices without tumors.
+- Overlap: the predicted mask of a slice is the union of its detections' masks, the true mask the
+  union of its tumors. Dice and IoU are given per slice (their mean over the slices that have a
+  tumor, so empty slices do not inflate it) and pooled (every pixel of the split counted once).
+  Pixel precision, recall and F1 are pooled. HD95 is averaged over slices where both masks are
+  non-empty.
+"""
+import numpy as np
+from detectron2.structures import BoxMode, polygons_to_bitmask
+from pycocotools import mask as mask_util
+
+from . import metrics as M
+
+MATCH_IOU = 0.5
+
+
+def truth_of(record, cls=None):
+    """(boxes XYXY, classes, union mask) of the tumors in a record (of class ``cls`` if given)."""
+    h, w = record["height"], record["width"]
+    anns = [a for a in record.get("annotations", []) if cls is None or a["category_id"] == cls]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    mask = np.zeros((h, w), bool)
+    for a in anns:
+        mask |= polygons_to_bitmask(a["segmentation"], h, w)
+    return np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns]), mask
+
+
+def detections_of(pred, threshold, cls=None):
+    keep = pred["scores"] >= threshold
+    if cls is not None:
+        keep &= pred["classes"] == cls
+    return np.flatnonzero(keep)
+
+
+def match(pred_boxes, pred_scores, true_boxes, match_iou=MATCH_IOU):
+    """Greedy matching by score; returns a list of (pred index, truth index) pairs."""
+    pairs, taken = [], set()
+    for i in np.argsort(-pred_scores, kind="stable"):
+        ious = [(M.box_iou(pred_boxes[i], t), j) for j, t in enumerate(true_boxes) if j not in taken]
+        best = max(ious, default=(0.0, None))
+        if best[1] is not None and best[0] >= match_iou:
+            pairs.append((int(i), best[1]))
+            taken.add(best[1])
+    return pairs
+
+
+def _lesion_counts(pred, det, true_boxes, match_iou):
+    """(found, tumors, detections) of one image for the detections ``det``."""
+    pairs = match(pred["boxes"][det], pred["scores"][det], true_boxes, match_iou)
+    return len(pairs), len(true_boxes), len(det)
+
+
+def image_row(pred, record, threshold, cls=None, match_iou=MATCH_IOU):
+    """All per-slice figures of one image (for one class, or all classes when cls is None)."""
+    true_boxes, _, true_mask = truth_of(record, cls)
+    det = detections_of(pred, threshold, cls)
+    pred_mask = np.zeros_like(true_mask)
+    if len(det):
+        pred_mask = mask_util.decode([pred["rles"][i] for i in det]).any(axis=2)
+    found, tumors, detections = _lesion_counts(pred, det, true_boxes, match_iou)
+    tp_px, fp_px, fn_px = M._counts(pred_mask, true_mask)
+    if tumors:
+        outcome = "found" if found == tumors else "missed"
+    else:
+        outcome = "false alarm" if detections else "true negative"
+    return {
+        "image_id": record["image_id"], "file_name": record["file_name"],
+        "tumors": tumors, "detections": detections, "found": found, "outcome": outcome,
+        "false_alarms": detections - found,
+        "dice": M.dice(pred_mask, true_mask), "iou": M.iou(pred_mask, true_mask),
+        "hd95": M.hausdorff95(pred_mask, true_mask),
+        "tp_px": tp_px, "fp_px": fp_px, "fn_px": fn_px,
+    }
+
+
+def summarize(rows):
+    """Split-level figures from per-image rows (see the module docstring for definitions)."""
+    tumors = sum(r["tumors"] for r in rows)
+    found = sum(r["found"] for r in rows)
+    detections = sum(r["detections"] for r in rows)
+    tp_px, fp_px, fn_px = (sum(r[k] for r in rows) for k in ("tp_px", "fp_px", "fn_px"))
+    outcomes = [r["outcome"] for r in rows]
+    slices = {
+        "TP": sum(o == "found" for o in outcomes), "FN": sum(o == "missed" for o in outcomes),
+        "FP": sum(o == "false alarm" for o in outcomes),
+        "TN": sum(o == "true negative" for o in outcomes),
+    }
+    hd = [r["hd95"] for r in rows if not np.isnan(r["hd95"])]
+    positive = [r for r in rows if r["tumors"]]
+    return {
+        "images": len(rows), "tumors": tumors, "detections": detections, "found": found,
+        "missed": tumors - found, "false_alarms": detections - found,
+        "sensitivity": M.pixel_recall(found, tumors - found),
+        "precision": M.pixel_precision(found, detections - found),
+        "f1": M.f1_score(found, detections - found, tumors - found),
+        "slice_confusion": slices,
+        "slice_sensitivity": M.pixel_recall(slices["TP"], slices["FN"]),
+        "slice_specificity": M.specificity(slices["TN"], slices["FP"]),
+        "dice_mean_per_image": _mean([r["dice"] for r in positive]),
+        "iou_mean_per_image": _mean([r["iou"] for r in positive]),
+        "dice_pooled": M.f1_score(tp_px, fp_px, fn_px),
+        "iou_pooled": tp_px / (tp_px + fp_px + fn_px) if tp_px + fp_px + fn_px else float("nan"),
+        "pixel_precision": M.pixel_precision(tp_px, fp_px),
+        "pixel_recall": M.pixel_recall(tp_px, fn_px),
+        "pixel_f1": M.f1_score(tp_px, fp_px, fn_px),
+        "hd95_mean": _mean(hd),
+        "hd95_images": len(hd),
+    }
+
+
+def _mean(values):
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def class_confusion(preds, records, threshold, num_classes, match_iou=MATCH_IOU):
+    """Instance-level confusion matrix, rows truth and columns prediction, index 0 = background.
+
+    Each tumor is matched (class-agnostic, greedy by score, box IoU >= match_iou) to a detection:
+    cell (true class, predicted class); unmatched tumors go to the background column, unmatched
+    detections to the background row.
+    """
+    cm = np.zeros((num_classes + 1, num_classes + 1), int)
+    by_id = {p["image_id"]: p for p in preds}
+    for record in records:
+        pred = by_id[record["image_id"]]
+        true_boxes, true_classes, _ = truth_of(record)
+        det = detections_of(pred, threshold)
+        pairs = match(pred["boxes"][det], pred["scores"][det], true_boxes, match_iou)
+        for i, j in pairs:
+            cm[true_classes[j] + 1, pred["classes"][det[i]] + 1] += 1
+        for j in set(range(len(true_boxes))) - {j for _, j in pairs}:
+            cm[true_classes[j] + 1, 0] += 1
+        for i in set(range(len(det))) - {i for i, _ in pairs}:
+            cm[0, pred["classes"][det[i]] + 1] += 1
+    return cm
+
+
+def rows_for(preds, records, threshold, cls=None, match_iou=MATCH_IOU):
+    by_id = {p["image_id"]: p for p in preds}
+    return [image_row(by_id[r["image_id"]], r, threshold, cls, match_iou) for r in records]
+
+
+def best_threshold(preds, records, grid=None, match_iou=MATCH_IOU):
+    """The score threshold that maximises lesion-level F1 (class-agnostic); ties: the lowest."""
+    grid = np.round(np.arange(0.05, 1.0, 0.05), 2) if grid is None else grid
+    by_id = {p["image_id"]: p for p in preds}
+    truths = [(by_id[r["image_id"]], truth_of(r)[0]) for r in records]
+    scores = []
+    for t in grid:
+        found, tumors, det = np.sum([_lesion_counts(p, detections_of(p, float(t)), boxes, match_iou)
+                                     for p, boxes in truths], axis=0)
+        f1 = M.f1_score(found, det - found, tumors - found)
+        scores.append(-1.0 if np.isnan(f1) else float(f1))
+    k = int(np.argmax(scores))
+    return float(grid[k]), {float(t): s for t, s in zip(grid, scores)}
