@@ -55,3 +55,16 @@ def run_tool(script, *args, timeout=900):
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", script), *args],
                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
     return proc
+
+
+# Calibrated so the run takes about two minutes on 2 CPU cores and the phantom is learnt.
+DEMO_ITERS = "60"
+
+
+@pytest.fixture(scope="session")
+def phantom_demo(tmp_path_factory):
+    """One run of the README's demo on the phantom; its checkpoint serves the picture tests."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run_tool("demo.py", "--phantom", "--output", str(out), "--iters", DEMO_ITERS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc

@@ -27,15 +27,23 @@ from . import metrics as M
 MATCH_IOU = 0.5
 
 
-def truth_of(record, cls=None):
-    """(boxes XYXY, classes, union mask) of the tumors in a record (of class ``cls`` if given)."""
+def truth_instances(record, cls=None):
+    """(boxes XYXY (N, 4), classes (N,), masks [N x (H, W) bool]) of a record's tumors."""
     h, w = record["height"], record["width"]
     anns = [a for a in record.get("annotations", []) if cls is None or a["category_id"] == cls]
     boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
-    mask = np.zeros((h, w), bool)
-    for a in anns:
-        mask |= polygons_to_bitmask(a["segmentation"], h, w)
-    return np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns]), mask
+    masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
+    return (np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns], int),
+            masks)
+
+
+def truth_of(record, cls=None):
+    """(boxes XYXY, classes, union mask) of the tumors in a record (of class ``cls`` if given)."""
+    boxes, classes, masks = truth_instances(record, cls)
+    union = np.zeros((record["height"], record["width"]), bool)
+    for m in masks:
+        union |= m
+    return boxes, classes, union
 
 
 def detections_of(pred, threshold, cls=None):

@@ -5,7 +5,6 @@ Uses the real TumorSeg export when it is found (``$DETECTRON2_DATASETS/tumorseg`
 Sized for about 10 minutes on 2 CPU cores.
 """
 import argparse
-import logging
 import os
 import time
 
@@ -15,7 +14,7 @@ from .data.datasets import SPLITS, default_root, split_paths
 from .data.phantom import make_phantom_dataset
 from .engine.run import final_weights, main, setup
 from .evaluation import format_results
-from .visualize import draw_split_predictions
+from .visualize import visualize_split
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "mask_rcnn_R_18_FPN_scratch_cpu.yaml")
@@ -74,12 +73,12 @@ def run(argv=None):
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
-    pictures = draw_split_predictions(cfg, cfg.DATASETS.TEST[0],
-                                      os.path.join(args.output, "predictions"), args.num_pictures)
-    logging.getLogger("tumorseg_d2").info("Wrote %d pictures", len(pictures))
+    pictures_dir = os.path.join(args.output, "predictions")
+    visualize_split(cfg, cfg.DATASETS.TEST[0], pictures_dir, args.num_pictures, sort="random")
     print(f"\n[demo] {kind} data, {iters} iterations, test split, weights {weights}:\n")
     print(format_results(results))
     print(f"\n[demo] metrics: {train_dir}/inference/{cfg.DATASETS.TEST[0]}/metrics.json")
-    print(f"[demo] pictures: {os.path.dirname(pictures[0])}/ ({len(pictures)} PNGs)")
+    print(f"[demo] pictures: {pictures_dir}/ ({args.num_pictures} panels: image, truth, "
+          "prediction, mask probability; contact_sheet.png)")
     print(f"[demo] finished in {time.time() - start:.0f} s")
     return results

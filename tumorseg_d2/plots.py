@@ -23,7 +23,11 @@ def pr_curves(path, curves, task):
         ax.set(title=f"{task}, IoU {iou}", xlabel="recall", xlim=(0, 1), ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("precision")
-    axes[1].legend(loc="lower left")
+    if axes[1].lines:
+        axes[1].legend(loc="lower left")
+    else:
+        for ax in axes:
+            ax.text(0.5, 0.5, "no detections", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -1,0 +1,75 @@
+"""What tools/plot_metrics.py runs: training curves from Detectron2's metrics.json, runs overlaid."""
+import argparse
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir):
+    """{key: [(iteration, value)]} from a run's metrics.json (one JSON object per line)."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: pass the OUTPUT_DIR of a training run")
+    series = {}
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            entry = json.loads(line)
+            it = entry.get("iteration")
+            for k, v in entry.items():
+                if k != "iteration" and isinstance(v, (int, float)) and v is not None:
+                    series.setdefault(k, []).append((it, v))
+    return series
+
+
+def curve_keys(series_by_run):
+    """The curves worth a panel: losses, learning rate, validation loss and validation AP."""
+    keys = set().union(*series_by_run.values())
+    wanted = [k for k in keys if k == "total_loss" or k.startswith("loss_") or k == "lr"
+              or k == "validation_loss" or k.startswith("val_")
+              or k.split("/")[-1] in ("AP", "AP50", "AP75")]
+    order = lambda k: (not k.startswith(("total", "loss")), k.startswith("val"), "/" in k, k)
+    return sorted(wanted, key=order)
+
+
+def plot_runs(run_dirs, output):
+    runs = {os.path.basename(os.path.normpath(d)) or d: read_metrics(d) for d in run_dirs}
+    keys = curve_keys(runs)
+    cols = 3
+    rows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for name, series in runs.items():
+            if key in series:
+                its, vals = zip(*series[key])
+                ax.plot(its, vals, marker="o" if len(its) < 15 else None, ms=3, label=name)
+        ax.set_title(key)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        if key.startswith(("total", "loss", "val")):
+            ax.set_yscale("log")
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=90)
+    plt.close(fig)
+    return keys
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Plot losses, learning rate and validation metrics "
+                                "of one or several training runs on shared axes.")
+    p.add_argument("run_dirs", nargs="+", help="OUTPUT_DIRs of training runs")
+    p.add_argument("--output", help="PNG path (default: <first run>/curves.png)")
+    args = p.parse_args(argv)
+    output = args.output or os.path.join(args.run_dirs[0], "curves.png")
+    keys = plot_runs(args.run_dirs, output)
+    print(f"{len(keys)} curves of {len(args.run_dirs)} run(s) written to {output}")

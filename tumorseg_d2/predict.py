@@ -1,0 +1,92 @@
+"""What tools/predict.py runs: inference on any folder, glob or files; overlays and COCO json."""
+import argparse
+import glob
+import json
+import math
+import os
+import time
+
+from detectron2.data import MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from pycocotools import mask as mask_util
+from tqdm import tqdm
+
+from .engine.run import setup
+from .predictor import BatchPredictor
+from .visualize import draw_overlay, save_rgb
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Predict tumors on images; write overlays and json.")
+    p.add_argument("--config-file", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--input", nargs="+", required=True, help="folders, globs or image files")
+    p.add_argument("--output", required=True)
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO style)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    return p.parse_args(argv)
+
+
+def expand_inputs(inputs):
+    """Image paths from folders (their image files), globs and files, in a stable order."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, f) for f in os.listdir(item)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif any(c in item for c in "*?["):
+            found = sorted(glob.glob(item))
+        elif os.path.isfile(item):
+            found = [item]
+        else:
+            raise FileNotFoundError(f"--input {item}: no such file, folder or matching glob")
+        if not found:
+            raise FileNotFoundError(f"--input {item}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        paths += found
+    return paths
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = setup(argparse.Namespace(
+        config_file=args.config_file, eval_only=True, resume=False,
+        opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output] + args.opts))
+    meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+    paths = expand_inputs(args.input)
+    predictor = BatchPredictor(cfg, batch_size=args.batch_size)
+    results, detections, start, done = [], 0, time.time(), 0
+    for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
+                      desc="predicting", unit="batch"):
+        for x, pred in zip(batch, predictor.predict_batch(batch, masks="rle")):
+            path = paths[x["index"]]
+            keep = pred["scores"] >= args.score_threshold
+            masks = [m for m, k in zip(pred["masks"], keep) if k]
+            overlay = draw_overlay(read_image(path, format="RGB"), pred["boxes"][keep],
+                                   pred["classes"][keep],
+                                   [mask_util.decode(m).astype(bool) for m in masks],
+                                   meta.thing_classes, meta.thing_colors, pred["scores"][keep])
+            stem = os.path.splitext(os.path.basename(path))[0]
+            save_rgb(os.path.join(args.output, f"{x['index']:05d}_{stem}.png"), overlay)
+            for box, score, cls, rle in zip(pred["boxes"][keep], pred["scores"][keep],
+                                            pred["classes"][keep], masks):
+                x0, y0, x1, y1 = (float(v) for v in box)
+                results.append({"image_id": x["index"], "file_name": path,
+                                "category_id": reverse[int(cls)],
+                                "category_name": meta.thing_classes[int(cls)],
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
+                                "segmentation": {"size": rle["size"],
+                                                 "counts": rle["counts"].decode()}})
+            detections += int(keep.sum())
+            done += 1
+    seconds = time.time() - start
+    if args.save_json:
+        with open(os.path.join(args.output, "predictions.json"), "w") as f:
+            json.dump(results, f)
+    print(f"{done} images, {detections} detections >= {args.score_threshold}, "
+          f"{seconds / max(done, 1):.3f} s per image; overlays in {args.output}")
+    return results
