@@ -87,3 +87,26 @@ def test_early_stopping(values, patience, stop_iter):
             if trainer.stopped_at is not None:
                 break
     assert trainer.stopped_at == stop_iter
+
+
+def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
+    """The published recipe's config evaluates a checkpoint of its architecture (R50-FPN)."""
+    import torch
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+    from tumorseg_d2.engine import Trainer
+
+    from conftest import RECIPE_CFG
+
+    cfg = merge_config(get_tumorseg_cfg(), RECIPE_CFG, ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(tmp_path)).save("r50_checkpoint")
+    out = tmp_path / "eval"
+    proc = run_tool("train_net.py", "--config-file", RECIPE_CFG, "--eval-only",
+                    "MODEL.WEIGHTS", str(tmp_path / "r50_checkpoint.pth"), "MODEL.DEVICE", "cpu",
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(out),
+                    "DATALOADER.NUM_WORKERS", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = json.load(open(out / "inference" / "tumorseg_test" / "metrics.json"))
+    assert set(saved) == {"bbox", "segm"} and "AP50-1" in saved["segm"]
