@@ -4,7 +4,7 @@ import os
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from tumorseg_d2.data import DatasetNotFoundError, load_tumorseg, make_phantom_dataset, register_tumorseg
+from tumorseg_d2.data import DatasetNotFoundError, load_tumorseg, register_tumorseg
 from tumorseg_d2.data.phantom import make_phantom_split
 
 

@@ -1,5 +1,6 @@
 """tools/evaluate.py and the report: known answers through the path users run."""
 import json
+import math
 import os
 
 import pytest
@@ -72,6 +73,8 @@ def test_no_predictions_score_zero(phantom_root, tmp_path):
     m = evaluate_split(cfg_for(tmp_path), NoDetections(), "tumorseg_test", str(tmp_path / "eval"))
     for task in ("bbox", "segm"):
         assert m["coco"][task]["AP"] == 0.0 and m["coco"][task]["AR100"] == 0.0
+        assert m["coco"][task]["AP50-0"] == 0.0 and m["coco"][task]["AR100-1"] == 0.0
+        assert math.isnan(m["coco"][task]["APs"])  # no small phantom tumor: undefined, not 0
     s = m["clinical"]["all classes"]
     assert s["sensitivity"] == 0.0 and s["pixel_recall"] == 0.0 and s["found"] == 0
     assert "n/a" in (tmp_path / "eval" / "report.md").read_text()

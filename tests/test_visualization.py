@@ -6,10 +6,8 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
-from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.predictor import BatchPredictor
 from tumorseg_d2.visualize import contact_sheet, draw_overlay
 

@@ -7,8 +7,10 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
-from detectron2.structures import Boxes, BoxMode, Instances, polygons_to_bitmask
+from detectron2.structures import Boxes, Instances
 from tabulate import tabulate
+
+from .clinical import truth_instances
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval area ranges, as indexed in coco_eval.eval["precision"][..., area, maxdet].
@@ -50,25 +52,26 @@ class TumorCOCOEvaluator(COCOEvaluator):
         return results
 
     def _no_detection_results(self, class_names):
-        """Every figure is 0 where ground truth exists (recall 0), NaN where it does not."""
         self._logger.warning("No detections: every AP with ground truth is 0.")
-        anns = self._coco_api.loadAnns(self._coco_api.getAnnIds(iscrowd=False))
-        contiguous = self._metadata.thing_dataset_id_to_contiguous_id
-
-        def score(anns):
-            areas = np.array([a["area"] for a in anns])
-            out = {}
-            for metric in METRICS:
-                rng = AREA_RANGES[{"s": "small", "m": "medium", "l": "large"}.get(metric[2:], "all")]
-                has_gt = np.any((areas >= rng[0]) & (areas < rng[1]))
-                out[metric] = 0.0 if has_gt else float("nan")
-            return out
-
-        results = score(anns)
+        results = no_detection_scores(self._coco_api)
+        reverse = {v: k for k, v in self._metadata.thing_dataset_id_to_contiguous_id.items()}
         for k, name in enumerate(class_names or []):
-            class_anns = [a for a in anns if contiguous.get(a["category_id"]) == k]
-            results.update({f"{m}-{name}": v for m, v in score(class_anns).items()})
+            scores = no_detection_scores(self._coco_api, cat_ids=[reverse[k]])
+            results.update({f"{m}-{name}": v for m, v in scores.items()})
         return results
+
+
+def no_detection_scores(coco_gt, metrics=METRICS, cat_ids=None):
+    """Every figure when there are no detections at all: 0 where the figure has ground truth
+    (nothing is recalled), NaN where it has none (e.g. APs without small tumors)."""
+    anns = coco_gt.loadAnns(coco_gt.getAnnIds(catIds=cat_ids or [], iscrowd=False))
+    areas = np.array([a["area"] for a in anns])
+    out = {}
+    for metric in metrics:
+        size = {"s": "small", "m": "medium", "l": "large"}.get(metric[2:], "all")
+        lo, hi = AREA_RANGES[size]
+        out[metric] = 0.0 if np.any((areas >= lo) & (areas < hi)) else float("nan")
+    return out
 
 
 def per_class_metrics(precision, k):
@@ -151,12 +154,10 @@ class GroundTruthModel(torch.nn.Module):
     @staticmethod
     def _instances(record):
         h, w = record["height"], record["width"]
-        anns = record.get("annotations", [])
+        boxes, classes, masks = truth_instances(record)
         inst = Instances((h, w))
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
-        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-        inst.scores = torch.ones(len(anns))
-        inst.pred_classes = torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)
-        masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
+        inst.scores = torch.ones(len(classes))
+        inst.pred_classes = torch.as_tensor(classes, dtype=torch.int64)
         inst.pred_masks = torch.from_numpy(np.stack(masks) if masks else np.zeros((0, h, w), bool))
         return inst

@@ -17,7 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from . import clinical
-from .evaluation import METRICS, per_class_metrics, save_results
+from .evaluation import METRICS, no_detection_scores, per_class_metrics, save_results
 from .plots import write_plots
 
 logger = logging.getLogger(__name__)
@@ -88,14 +88,15 @@ def coco_metrics(gt_json, results, class_names):
                     ev.evaluate(), ev.accumulate(), ev.summarize()
                 stats, precision, recall = ev.stats, ev.eval["precision"], ev.eval["recall"]
             prefix = "agnostic/" if agnostic else ""
-            res.update({prefix + k: v for k, v in _stats(stats, gt, agnostic).items()})
+            res.update({prefix + k: v for k, v in _stats(stats, gt).items()})
             if agnostic:
                 curves[(task, "tumor (any class)")] = precision[:, :, 0, 0, -1] if results else None
                 continue
             for k, name in enumerate(class_names):
                 if precision is None:
-                    res.update({f"{m}-{name}": _empty_value(gt, k) for m in METRICS})
-                    res[f"AR100-{name}"] = _empty_value(gt, k)
+                    cat = sorted(gt.getCatIds())[k]
+                    res.update({f"{m}-{name}": v for m, v in
+                                no_detection_scores(gt, METRICS + ("AR100",), [cat]).items()})
                     curves[(task, name)] = None
                     continue
                 res.update({f"{m}-{name}": v for m, v in per_class_metrics(precision, k).items()})
@@ -106,15 +107,10 @@ def coco_metrics(gt_json, results, class_names):
     return out, curves
 
 
-def _stats(stats, gt, agnostic):
-    if stats is None:  # no detections: 0 where ground truth exists (see TumorCOCOEvaluator)
-        return {m: (0.0 if gt.getAnnIds() else math.nan) for m in COCO_STATS}
+def _stats(stats, gt):
+    if stats is None:
+        return no_detection_scores(gt, COCO_STATS)
     return {m: float(s * 100) if s >= 0 else math.nan for m, s in zip(COCO_STATS, stats)}
-
-
-def _empty_value(gt, k):
-    cat = sorted(gt.getCatIds())[k]
-    return 0.0 if gt.getAnnIds(catIds=[cat]) else math.nan
 
 
 # ---------------------------------------------------------------- the whole evaluation

@@ -80,7 +80,7 @@ def panel(image, record, pred, metadata, score_threshold, dice=None, scale=1.0):
         + ("" if dice is None else f"  Dice {dice:.2f}"):
             draw_overlay(image, pred["boxes"][keep], pred["classes"][keep], p_masks, names, colors,
                          scores=pred["scores"][keep]),
-        "mask probability": probability_tile(image, pred["probability"]),
+        "mask probability (all detections)": probability_tile(image, pred["probability"]),
     }
     if scale != 1.0:
         tiles = {t: cv2.resize(v, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

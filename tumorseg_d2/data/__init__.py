@@ -1,6 +1,9 @@
 from .datasets import DatasetNotFoundError, dataset_name, load_tumorseg, register_tumorseg
 from .phantom import make_phantom_dataset
 
+__all__ = ["DatasetNotFoundError", "dataset_name", "load_tumorseg", "make_phantom_dataset",
+           "register_tumorseg"]
+
 # Like Detectron2's builtin datasets, the names exist once the package is imported. Nothing is read
 # until a split is used; tools re-register with DATASETS.TUMORSEG_ROOT when it is set.
 register_tumorseg()
