@@ -80,10 +80,12 @@ def test_batch_predictor_takes_paths_gray_and_rgb_arrays_of_any_size(checkpoint,
         assert r["masks"].shape == (len(r["scores"]), r["height"], r["width"])
         assert r["probability"].shape == (r["height"], r["width"])
         assert 0 <= r["probability"].min() and r["probability"].max() <= 1
-    top = results[0]
-    assert len(top["scores"]) and top["scores"][0] > 0.5
-    # The probability map is high inside the best detection's mask and low far from any box.
-    assert top["probability"][top["masks"][0]].mean() > 0.5
+    with_masks = [r for r in results if len(r["scores"]) and r["masks"][0].any()]
+    assert with_masks, "the trained phantom model should detect something"
+    # Pasted soft masks agree with the binary ones: inside a detection's mask (soft >= 0.5) the
+    # probability map is at least 0.5 (a map of 0/1 or of 1/255 values would fail).
+    for r in with_masks:
+        assert r["probability"][r["masks"][0]].min() >= 0.5 - 1 / 255
     # The same image as a path and as a grayscale array gives the same detections.
     np.testing.assert_allclose(results[0]["boxes"], results[3]["boxes"], atol=1e-3)
 
