@@ -12,7 +12,7 @@ from detectron2.engine import default_argument_parser
 
 from .data.datasets import SPLITS, default_root, split_paths
 from .data.phantom import make_phantom_dataset
-from .engine.run import final_weights, main, setup
+from .engine.run import final_weights, setup, train_and_test
 from .evaluation import format_results
 from .visualize import visualize_split
 
@@ -66,9 +66,8 @@ def run(argv=None):
                  # Validation AP still picks the best checkpoint; the loss pass would add a minute.
                  "TEST.VAL_LOSS", "False"] + args.opts
     train_args = default_argument_parser().parse_args(["--config-file", CONFIG] + overrides)
-    results = main(train_args)
-
     cfg = setup(train_args)
+    results = train_and_test(cfg, train_args)
     weights = final_weights(train_dir)
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights

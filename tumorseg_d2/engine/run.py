@@ -43,7 +43,12 @@ def final_weights(output_dir):
 
 
 def main(args):
-    cfg = setup(args)
+    return train_and_test(setup(args), args)
+
+
+def train_and_test(cfg, args):
+    """--eval-only: evaluate MODEL.WEIGHTS on DATASETS.TEST. Otherwise train, then evaluate the
+    checkpoint chosen on validation on DATASETS.TEST."""
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs weights to evaluate: add MODEL.WEIGHTS <checkpoint>, "
