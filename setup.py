@@ -11,5 +11,5 @@ setup(
         "torch", "torchvision", "pycocotools", "opencv-python-headless", "fvcore", "iopath",
         "matplotlib", "tqdm", "tabulate", "yacs", "omegaconf", "Pillow", "numpy",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest"], "ray": ["ray[tune]"]},
 )

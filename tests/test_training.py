@@ -110,3 +110,28 @@ def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.load(open(out / "inference" / "tumorseg_test" / "metrics.json"))
     assert set(saved) == {"bbox", "segm"} and "AP50-1" in saved["segm"]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    """A save that dies half-way leaves the previous checkpoint and last_checkpoint intact."""
+    import torch
+
+    from tumorseg_d2.checkpoint import AtomicCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(model, str(tmp_path))
+    checkpointer.save("model_final", iteration=1)
+    good = (tmp_path / "model_final.pth").read_bytes()
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(good[: len(good) // 2])
+        raise KeyboardInterrupt  # as a kill would, mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_final", iteration=2)
+    assert (tmp_path / "model_final.pth").read_bytes() == good
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
+    monkeypatch.undo()
+    assert AtomicCheckpointer(model, str(tmp_path)).resume_or_load("")["iteration"] == 1

@@ -10,6 +10,8 @@ import socket
 from urllib.error import URLError
 from urllib.parse import urlparse
 
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
 
@@ -79,3 +81,44 @@ def resolve_weights(path):
         raise WeightsNotFoundError(f"Download failed ({e}). {fix}") from e
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def atomic_write(path, write):
+    """Write a file through ``write(f)`` under a temporary name, flush it to disk, then rename it
+    over ``path``: readers (and a resume after a kill) see the old file or the new one, never half."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer whose checkpoints and ``last_checkpoint`` tag are written atomically,
+    so a run killed while saving resumes from the previous checkpoint instead of a corrupt one."""
+
+    @classmethod
+    def like(cls, checkpointer):
+        return cls(checkpointer.model, checkpointer.save_dir, save_to_disk=checkpointer.save_to_disk,
+                   **checkpointer.checkpointables)
+
+    def save(self, name, **kwargs):
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        data.update({key: obj.state_dict() for key, obj in self.checkpointables.items()})
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        path = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {path}")
+        atomic_write(path, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename.encode()))

@@ -154,7 +154,7 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
 
 
 # ---------------------------------------------------------------- Markdown
-def _fmt(v, pct=False):
+def fmt_value(v, pct=False):
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, float):
@@ -162,7 +162,7 @@ def _fmt(v, pct=False):
     return str(v)
 
 
-def _table(headers, rows):
+def markdown_table(headers, rows):
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -188,14 +188,14 @@ def write_report(path, metrics, plots, worst=10):
     coco_headers = ["task", "class", "AP", "AP50", "AP75", "APs", "APm", "APl"]
     rows = []
     for task, res in metrics["coco"].items():
-        rows.append([task, "all"] + [_fmt(res.get(m), True) for m in COCO_STATS[:6]]
-                    + [_fmt(res.get(m), True) for m in ("AR1", "AR10", "AR100")])
+        rows.append([task, "all"] + [fmt_value(res.get(m), True) for m in COCO_STATS[:6]]
+                    + [fmt_value(res.get(m), True) for m in ("AR1", "AR10", "AR100")])
         for c in classes:
-            rows.append([task, c] + [_fmt(res.get(f"{m}-{c}"), True) for m in COCO_STATS[:6]]
-                        + ["", "", _fmt(res.get(f"AR100-{c}"), True)])
-        rows.append([task, "any class"] + [_fmt(res.get(f"agnostic/{m}"), True)
+            rows.append([task, c] + [fmt_value(res.get(f"{m}-{c}"), True) for m in COCO_STATS[:6]]
+                        + ["", "", fmt_value(res.get(f"AR100-{c}"), True)])
+        rows.append([task, "any class"] + [fmt_value(res.get(f"agnostic/{m}"), True)
                                            for m in COCO_STATS])
-    lines += [_table(coco_headers + ["AR@1", "AR@10", "AR@100"], rows), ""]
+    lines += [markdown_table(coco_headers + ["AR@1", "AR@10", "AR@100"], rows), ""]
 
     lines += ["## Detection and overlap at the threshold", "",
               "Lesion level: sensitivity = found / tumors, precision = found / detections. Slice "
@@ -213,8 +213,8 @@ def write_report(path, metrics, plots, worst=10):
             ("pixel recall", "pixel_recall"), ("pixel F1", "pixel_f1"), ("HD95 (px)", "hd95_mean"),
             ("images with HD95", "hd95_images")]
     groups = list(metrics["clinical"])
-    lines += [_table(["figure"] + groups,
-                     [[label] + [_fmt(metrics["clinical"][g][k]) for g in groups]
+    lines += [markdown_table(["figure"] + groups,
+                     [[label] + [fmt_value(metrics["clinical"][g][k]) for g in groups]
                       for label, k in keys]), ""]
     conf = metrics["clinical"]["all classes"]["slice_confusion"]
     lines += ["Slices (all classes): " + ", ".join(f"{k} {v}" for k, v in conf.items()) + ".", ""]
@@ -226,8 +226,8 @@ def write_report(path, metrics, plots, worst=10):
                                  for caption, name in plots.items()]
     ordered = sorted(metrics["per_image"], key=lambda r: (r["dice"], str(r["file_name"])))[:worst]
     lines += [f"## The {len(ordered)} images with the lowest Dice", "",
-              _table(["file", "tumors", "detections", "outcome", "Dice", "IoU"],
+              markdown_table(["file", "tumors", "detections", "outcome", "Dice", "IoU"],
                      [[os.path.basename(r["file_name"]), str(r["tumors"]), str(r["detections"]),
-                       r["outcome"], _fmt(r["dice"]), _fmt(r["iou"])] for r in ordered]), ""]
+                       r["outcome"], fmt_value(r["dice"]), fmt_value(r["iou"])] for r in ordered]), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))

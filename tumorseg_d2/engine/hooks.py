@@ -1,6 +1,10 @@
-"""Training hooks: validation loss and early stopping."""
+"""Training hooks: validation loss and early stopping; evaluation that leaves training untouched."""
+import contextlib
 import logging
 import math
+import random
+
+import numpy as np
 
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader
@@ -11,48 +15,72 @@ from detectron2.utils import comm
 logger = logging.getLogger(__name__)
 
 
-class ValidationLoss(HookBase):
-    """Every ``period`` iterations (and at the end), the mean of each training loss on a split.
+@contextlib.contextmanager
+def preserve_rng():
+    """Run a block without consuming the random streams training draws from.
 
-    Losses need the model in training mode; batch-norm layers are switched to eval mode meanwhile so
-    that validation images never update their running statistics. Images are resized as at test
-    time, without random flips. Logged as ``val_<loss>`` and ``validation_loss`` (their sum).
+    Evaluation creates data loaders (which draw a seed) and validation losses sample proposals;
+    wrapped in this, evaluating during training does not change the trained weights.
     """
+    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    try:
+        yield
+    finally:
+        random.setstate(state[0])
+        np.random.set_state(state[1])
+        torch.set_rng_state(state[2])
+        if state[3] is not None:
+            torch.cuda.set_rng_state_all(state[3])
 
-    def __init__(self, cfg, dataset_name, period):
-        self._period = period
-        mapper = DatasetMapper(
-            cfg, is_train=True,
-            augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
-        )
-        self._loader = build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
-    @torch.no_grad()
-    def _compute(self):
-        model = self.trainer.model
-        was_training = model.training
-        model.train()
-        norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for m in norms:
+def validation_loader(cfg, dataset_name):
+    """Training-mode inputs (with annotations) resized as at test time, without random flips."""
+    mapper = DatasetMapper(
+        cfg, is_train=True,
+        augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+    )
+    return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+
+@torch.no_grad()
+def validation_losses(model, loader):
+    """The mean of each training loss over a loader, as ``val_<loss>``, and their sum as
+    ``validation_loss``. Batch norm is frozen meanwhile so validation images never update its
+    running statistics; the random streams are left as they were."""
+    was_training = model.training
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
-        totals, count = {}, 0
-        try:
-            for inputs in self._loader:
+    totals, count = {}, 0
+    try:
+        with preserve_rng():
+            for inputs in loader:
                 if not inputs[0]["instances"].has("gt_boxes") or len(inputs[0]["instances"]) == 0:
                     continue  # images without tumors give no box or mask loss
                 for k, v in model(inputs).items():
                     totals[k] = totals.get(k, 0.0) + float(v)
                 count += 1
-        finally:
-            model.train(was_training)
-        totals = {k: comm.all_gather(v) for k, v in totals.items()}
-        count = sum(comm.all_gather(count))
-        means = {f"val_{k}": sum(v) / max(count, 1) for k, v in totals.items()}
-        means["validation_loss"] = sum(means.values())
-        return means
+    finally:
+        model.train(was_training)
+    totals = {k: comm.all_gather(v) for k, v in totals.items()}
+    count = sum(comm.all_gather(count))
+    means = {f"val_{k}": sum(v) / max(count, 1) for k, v in totals.items()}
+    means["validation_loss"] = sum(means.values())
+    return means
+
+
+class ValidationLoss(HookBase):
+    """Every ``period`` iterations (and at the end), :func:`validation_losses` on a split, logged
+    as ``val_<loss>`` and ``validation_loss``."""
+
+    def __init__(self, cfg, dataset_name, period):
+        self._period = period
+        self._loader = validation_loader(cfg, dataset_name)
 
     def _do(self):
-        means = self._compute()
+        means = validation_losses(self.trainer.model, self._loader)
         self.trainer.storage.put_scalars(**means, smoothing_hint=False)
         logger.info("Validation loss: " + ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
 

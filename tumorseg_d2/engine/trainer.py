@@ -10,9 +10,10 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from ..checkpoint import resolve_weights
+from ..checkpoint import AtomicCheckpointer, resolve_weights
 from ..evaluation import TumorCOCOEvaluator, format_results, save_results
-from .hooks import EarlyStopping, ValidationLoss
+from .hooks import EarlyStopping, ValidationLoss, preserve_rng
+from .schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class Trainer(DefaultTrainer):
         )
 
     @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
@@ -62,6 +67,9 @@ class Trainer(DefaultTrainer):
 
     def build_hooks(self):
         cfg = self.cfg
+        # DefaultTrainer.__init__ made its checkpointer just before calling this method; the hooks
+        # built here save through it, so make its writes atomic first.
+        self.checkpointer = AtomicCheckpointer.like(self.checkpointer)
         ret = super().build_hooks()
         # DefaultTrainer evaluates DATASETS.TEST while training; we validate on DATASETS.VAL so the
         # test split never takes part in a choice.
@@ -71,7 +79,7 @@ class Trainer(DefaultTrainer):
         val_cfg.freeze()
         at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
         period = cfg.TEST.EVAL_PERIOD
-        extra = [hooks.EvalHook(period, lambda: self.test(val_cfg, self.model))]
+        extra = [hooks.EvalHook(period, lambda: self.validate(val_cfg))]
         if cfg.TEST.VAL_LOSS and cfg.DATASETS.VAL:
             extra.insert(0, ValidationLoss(cfg, cfg.DATASETS.VAL[0], period))
         if cfg.TEST.BEST_METRIC and period > 0 and comm.is_main_process():
@@ -82,6 +90,10 @@ class Trainer(DefaultTrainer):
                                        cfg.TEST.BEST_MODE))
         ret[at:at + 1] = extra
         return ret
+
+    def validate(self, val_cfg):
+        with preserve_rng():  # so that validating does not change what is trained
+            return self.test(val_cfg, self.model)
 
     def resume_or_load(self, resume=True):
         if not (resume and self.checkpointer.has_checkpoint()):

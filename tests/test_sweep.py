@@ -1,0 +1,174 @@
+"""tools/sweep.py: the grid, shared checkpoints, resuming, and the Ray backend."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from detectron2.solver import build_lr_scheduler as detectron2_scheduler
+
+from tumorseg_d2.config import get_tumorseg_cfg
+from tumorseg_d2.engine.schedule import build_lr_scheduler
+
+from conftest import REPO, SCRATCH_CFG, TINY, run_tool
+
+OUTPUTS = ("results.csv", "results.md", "best.json", "loss_box_reg.png", "loss_mask.png",
+           "total_loss.png", "validation.png", os.path.join("test", "report.md"))
+
+
+def sweep_args(out, root, iters=("3", "5"), lrs=("1e-3", "5e-4"), *extra):
+    return ["--config-file", SCRATCH_CFG, "--iters", *iters, "--lrs", *lrs, "--output", out,
+            *TINY, "DATASETS.TUMORSEG_ROOT", root, "SEED", "7", *extra]
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def weights(path):
+    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+
+
+def lrs_of(cfg, build, iters):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.SOLVER.BASE_LR)
+    scheduler, lrs = build(cfg, optimizer), []
+    for _ in range(iters):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_schedule_depends_on_the_iteration_only():
+    cfg = get_tumorseg_cfg()
+    cfg.SOLVER.merge_from_list(["BASE_LR", 0.01, "WARMUP_ITERS", 100, "STEPS", (150, 250),
+                                "MAX_ITER", 300])
+    ours, detectron2s = lrs_of(cfg, build_lr_scheduler, 300), lrs_of(cfg, detectron2_scheduler, 300)
+    assert ours == pytest.approx(detectron2s, rel=1e-12)  # Detectron2's schedule, ...
+    cfg.SOLVER.MAX_ITER = 1000
+    assert lrs_of(cfg, build_lr_scheduler, 300) == ours  # ... whatever the run's length, exactly
+    assert lrs_of(cfg, detectron2_scheduler, 300) != detectron2s  # (Detectron2's is not)
+
+
+def test_sweep_on_phantom_shares_checkpoints_and_resumes(phantom_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    proc = run_tool("sweep.py", *sweep_args(out, phantom_root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in OUTPUTS:
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert "training iterations: 10 for 4 grid points (separate runs would need 16)" in proc.stdout
+
+    rows = read_csv(os.path.join(out, "results.csv"))
+    assert sorted((float(r["lr"]), int(r["iters"])) for r in rows) == \
+        [(5e-4, 3), (5e-4, 5), (1e-3, 3), (1e-3, 5)]
+    assert all(float(r["validation_loss"]) > 0 and r["segm/AP"] != "" for r in rows)
+    best = json.load(open(os.path.join(out, "best.json")))
+    top = max(rows, key=lambda r: (float(r["segm/AP"]), -int(r["iters"])))
+    assert (best["lr"], best["iters"]) == (float(top["lr"]), int(top["iters"]))
+    assert best["validated_on"] == "tumorseg_valid" and best["test"]["dataset"] == "tumorseg_test"
+    test_metrics = json.load(open(os.path.join(out, "test", "metrics.json")))
+    assert test_metrics["weights"] == best["checkpoint"] and os.path.isfile(best["checkpoint"])
+
+    # The checkpoint at 3 iterations of the 5-iteration trial IS a 3-iteration training, even one
+    # that validated (AP and loss) after every iteration.
+    alone = str(tmp_path / "alone")
+    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, "SEED", "7", "OUTPUT_DIR", alone,
+                    "SOLVER.BASE_LR", "1e-3", "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shared = weights(os.path.join(out, "trials", "lr0.001", "model_after_3_iters.pth"))
+    standalone = weights(os.path.join(alone, "model_final.pth"))
+    assert shared.keys() == standalone.keys()
+    assert all(torch.equal(shared[k], standalone[k]) for k in shared)
+    later = weights(os.path.join(out, "trials", "lr0.001", "model_after_5_iters.pth"))
+    assert not all(torch.equal(shared[k], later[k]) for k in shared)  # the comparison can fail
+
+    # Rerunning the finished sweep recomputes nothing.
+    rows_file = os.path.join(out, "trials", "lr0.001", "milestones.jsonl")
+    before = open(rows_file).read()
+    again = run_tool("sweep.py", *sweep_args(out, phantom_root))
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert log.count("finished earlier") == 2 and "done earlier; kept" in log
+    assert "Starting training" not in log
+    assert open(rows_file).read() == before
+
+    # The same folder with another config is refused, not mixed.
+    other = run_tool("sweep.py", *sweep_args(out, phantom_root), "SOLVER.IMS_PER_BATCH", "4")
+    assert other.returncode != 0
+    assert "holds a sweep with another config" in other.stderr
+    assert "SOLVER.IMS_PER_BATCH: 2 -> 4" in other.stderr
+
+
+def test_killed_sweep_resumes_from_its_last_checkpoint(phantom_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    args = sweep_args(out, phantom_root, ("2", "40"), ("1e-3",), "SOLVER.CHECKPOINT_PERIOD", "4")
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "sweep.py"), *args],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial = os.path.join(out, "trials", "lr0.001")
+    deadline = time.time() + 600
+    while not os.path.isfile(os.path.join(trial, "model_0000011.pth")):
+        assert proc.poll() is None and time.time() < deadline, "the sweep ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first_rows = open(os.path.join(trial, "milestones.jsonl")).read()
+    assert [json.loads(x)["iters"] for x in first_rows.splitlines()] == [2]
+    last = open(os.path.join(trial, "last_checkpoint")).read().strip()
+    resume_at = torch.load(os.path.join(trial, last), weights_only=False)["iteration"] + 1
+
+    resumed = run_tool("sweep.py", *args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Starting training from iteration {resume_at}" in resumed.stdout + resumed.stderr
+    rows = open(os.path.join(trial, "milestones.jsonl")).read()
+    assert rows.startswith(first_rows)  # the row at 2 iterations is kept, not recomputed
+    assert [json.loads(x)["iters"] for x in rows.splitlines()] == [2, 40]
+    assert len(read_csv(os.path.join(out, "results.csv"))) == 2
+
+
+def test_length_dependent_schedule_trains_each_length(phantom_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    proc = run_tool("sweep.py", *sweep_args(out, phantom_root, ("2", "3"), ("1e-3",),
+                                            "SOLVER.LR_SCHEDULER_NAME", "WarmupCosineLR"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "depends on SOLVER.MAX_ITER" in proc.stdout + proc.stderr
+    assert sorted(os.listdir(os.path.join(out, "trials"))) == ["lr0.001_iters2", "lr0.001_iters3"]
+    assert "training iterations: 5 for 2 grid points (separate runs would need 5)" in proc.stdout
+
+
+def test_unknown_metric_is_refused_before_training(phantom_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    proc = run_tool("sweep.py", "--metric", "segm/Dice", *sweep_args(out, phantom_root))
+    assert proc.returncode != 0
+    assert "--metric segm/Dice is not measured on validation" in proc.stderr
+    assert "segm/AP50" in proc.stderr
+    assert not os.path.exists(os.path.join(out, "trials"))
+
+
+def test_sweep_with_ray_backend(phantom_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    proc = run_tool("sweep.py", "--backend", "ray", "--cpus-per-trial", "1",
+                    *sweep_args(out, phantom_root, ("2", "3")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert os.path.isdir(os.path.join(out, "ray", "tune"))  # Ray Tune ran the trials
+    for name in OUTPUTS:
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert len(read_csv(os.path.join(out, "results.csv"))) == 4
+
+
+def test_sweep_on_real_data_writes_every_output(real_root, tmp_path):
+    out = str(tmp_path / "sweep")
+    proc = run_tool("sweep.py", *sweep_args(out, real_root, ("2", "4"), ("1e-4",)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in OUTPUTS:
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    rows = read_csv(os.path.join(out, "results.csv"))
+    assert [int(r["iters"]) for r in rows] == [2, 4]
+    best = json.load(open(os.path.join(out, "best.json")))
+    assert best["test"]["coco"]["bbox"]["AP50"] >= 0 and best["validated_on"] == "tumorseg_valid"
+    assert json.load(open(os.path.join(out, "test", "metrics.json")))["images"] == 215
