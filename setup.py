@@ -9,7 +9,7 @@ setup(
     # Versions are pinned in requirements.lock; detectron2 comes from tools/install_detectron2.py.
     install_requires=[
         "torch", "torchvision", "pycocotools", "opencv-python-headless", "fvcore", "iopath",
-        "matplotlib", "tqdm", "tabulate", "yacs", "omegaconf", "Pillow", "numpy",
+        "matplotlib", "imagehash", "tqdm", "tabulate", "yacs", "omegaconf", "Pillow", "numpy",
     ],
     extras_require={"test": ["pytest"], "ray": ["ray[tune]"]},
 )

@@ -18,6 +18,9 @@ def add_tumorseg_config(cfg):
     # Splits evaluated during training (checkpoint selection, validation loss, early stopping).
     # DATASETS.TEST is used only for the final report and --eval-only, never for a choice.
     cfg.DATASETS.VAL = ("tumorseg_valid",)
+    # Structure checks of every dataset at start-up (tools/check_dataset.py --quick): "refuse"
+    # stops on errors, "warn" logs them and goes on, "off" skips the checks.
+    cfg.DATASETS.CHECK = "refuse"
     # Validation during training, every TEST.EVAL_PERIOD iterations.
     cfg.TEST.VAL_LOSS = True  # also compute the mean training losses on DATASETS.VAL
     cfg.TEST.BEST_METRIC = "segm/AP50"  # "" disables model_best.pth
@@ -37,6 +40,8 @@ def validate_config(cfg):
     """Reject values that would fail late or silently; messages name the key and the fix."""
     if cfg.SOLVER.OPTIMIZER.upper() not in OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER is {cfg.SOLVER.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
+    if cfg.DATASETS.CHECK not in ("refuse", "warn", "off"):
+        raise ValueError(f"DATASETS.CHECK is {cfg.DATASETS.CHECK!r}; use 'refuse', 'warn' or 'off'.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):
         raise ValueError(f"TEST.BEST_MODE is {cfg.TEST.BEST_MODE!r}; use 'max' or 'min'.")
     if cfg.TEST.EARLY_STOP_PATIENCE and not cfg.TEST.BEST_METRIC:

@@ -54,7 +54,8 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = setup(argparse.Namespace(
         config_file=args.config_file, eval_only=True, resume=False,
-        opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output] + args.opts))
+        opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output] + args.opts),
+        check=())  # predicting on images reads no dataset
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     paths = expand_inputs(args.input)

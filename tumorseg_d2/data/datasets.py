@@ -73,6 +73,18 @@ def contiguous_id_map(class_agnostic):
     return {cat: 0 if class_agnostic else i for i, cat in enumerate(sorted(CATEGORIES))}
 
 
+def dataset_files(name):
+    """(json_file, image_root) of a registered dataset: a TumorSeg split or a COCO dataset
+    registered with register_coco_instances."""
+    meta = MetadataCatalog.get(name)
+    if meta.get("tumorseg_split"):
+        return split_paths(meta.get("dataset_root") or default_root(), meta.tumorseg_split)
+    if meta.get("json_file") and meta.get("image_root"):
+        return meta.json_file, meta.image_root
+    raise ValueError(f"Dataset '{name}' has no json_file/image_root in its metadata; register it "
+                     "with detectron2.data.datasets.register_coco_instances.")
+
+
 def dataset_name(split, class_agnostic=False):
     return f"tumorseg_agnostic_{split}" if class_agnostic else f"tumorseg_{split}"
 
@@ -105,4 +117,5 @@ def register_tumorseg(root=None):
                 thing_dataset_id_to_contiguous_id=id_to_contiguous,
                 evaluator_type="coco",
                 dataset_root=root or "",
+                tumorseg_split=split,
             )

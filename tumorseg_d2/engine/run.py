@@ -11,13 +11,15 @@ from detectron2.utils.logger import setup_logger
 from ..checkpoint import resolve_weights
 from ..config import get_tumorseg_cfg, merge_config, validate_config
 from ..data import register_tumorseg
+from ..data.check import check_at_start
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
 
 
-def setup(args):
-    """Config from --config-file and KEY VALUE overrides; datasets registered; logging set up."""
+def setup(args, check=None):
+    """Config from --config-file and KEY VALUE overrides; datasets registered and checked (``check``:
+    the names to check; default: those the run reads); logging set up."""
     cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
     validate_config(cfg)
     no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
@@ -30,6 +32,10 @@ def setup(args):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
     if no_gpu:
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
+    if check is None:
+        check = cfg.DATASETS.TEST if args.eval_only else \
+            cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
+    check_at_start(check, cfg.DATASETS.CHECK, logger)
     return cfg
 
 

@@ -1,0 +1,119 @@
+"""What tools/check_dataset.py runs: find every defect of COCO splits, optionally write a fixed copy."""
+import argparse
+import json
+import os
+import sys
+import time
+
+from detectron2.data import DatasetCatalog
+from tabulate import tabulate
+
+from .data.check import NEAR_DUPLICATE_SIMILARITY, check_splits, report_dict
+from .data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
+from .data.fix import exact_copies, fix_split
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Check COCO splits for every defect that costs a "
+                                "user; exit 1 on errors (warnings do not fail).")
+    p.add_argument("targets", nargs="+", help="split folders (holding _annotations.coco.json), a "
+                   "dataset root holding split folders, or registered names (tumorseg_train)")
+    p.add_argument("--json", metavar="REPORT", help="write the full report (every item) here")
+    p.add_argument("--fix", metavar="OUT", help="write a corrected copy of every split to OUT "
+                   "(OUT/<split>/...) with OUT/fix_log.md; the input is never written")
+    p.add_argument("--quick", action="store_true", help="structure only: no image decoding, no "
+                   "duplicate search (what training runs at start-up)")
+    p.add_argument("--near-duplicate-similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
+                   help="difference-hash similarity from which two images are near duplicates "
+                   "(default %(default)s)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--show", type=int, default=2, help="examples per finding in the table")
+    return p.parse_args(argv)
+
+
+def resolve_targets(targets):
+    """{split name: (json, image folder)} from folders and registered dataset names."""
+    splits = {}
+    for target in targets:
+        if os.path.isfile(os.path.join(target, ANNOTATION_FILE)):
+            splits[os.path.basename(os.path.normpath(target))] = (
+                os.path.join(target, ANNOTATION_FILE), target)
+        elif os.path.isdir(target):
+            subs = sorted(d for d in os.listdir(target)
+                          if os.path.isfile(os.path.join(target, d, ANNOTATION_FILE)))
+            if not subs:
+                raise SystemExit(f"{target} holds no {ANNOTATION_FILE}, nor split folders that do. "
+                                 "Pass a split folder (e.g. datasets/tumorseg/train) or a root "
+                                 "holding train/ valid/ test/.")
+            for d in subs:
+                splits[d] = (os.path.join(target, d, ANNOTATION_FILE), os.path.join(target, d))
+        elif target in DatasetCatalog.list():
+            splits[target] = dataset_files(target)
+        else:
+            raise SystemExit(f"{target} is neither a folder nor a registered dataset name (e.g. "
+                             "tumorseg_train; set DETECTRON2_DATASETS for those).")
+    return splits
+
+
+def summary_table(findings, show):
+    rows = []
+    for f in findings:
+        examples = "; ".join(str(x) for x in f.items[:show])
+        more = f" (+{f.count - show} more)" if f.count > show else ""
+        rows.append([f.severity, f.split, f.code, f.count, (examples + more)[:110]])
+    return tabulate(rows, headers=["severity", "split", "check", "count", "examples"])
+
+
+def write_fix(details, out, inputs):
+    if any(os.path.abspath(out) == os.path.abspath(d) or
+           os.path.abspath(out).startswith(os.path.abspath(d) + os.sep) for _, d in inputs):
+        raise SystemExit(f"--fix {out} is inside an input folder; choose a folder elsewhere (the "
+                         "input is never written).")
+    if os.path.isdir(out) and os.listdir(out):
+        raise SystemExit(f"--fix {out} exists and is not empty; choose a new folder.")
+    changes, copies = [], exact_copies(details)
+    for split, d in details.items():
+        fixed, log = fix_split(d["coco"], d["image_dir"], d["decoded"], os.path.join(out, split),
+                               split, {f: orig for (s, f), orig in copies.items() if s == split})
+        with open(os.path.join(out, split, ANNOTATION_FILE), "w") as f:
+            json.dump(fixed, f)
+        changes += log
+    with open(os.path.join(out, "fix_log.jsonl"), "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in changes)
+    with open(os.path.join(out, "fix_log.md"), "w") as f:
+        f.write(f"# Changes made by tools/check_dataset.py --fix ({len(changes)})\n\n")
+        f.write(tabulate([[c["split"], c["action"], c["item"], c["detail"]] for c in changes],
+                         headers=["split", "action", "item", "detail"], tablefmt="github") + "\n")
+    return changes
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    register_tumorseg()
+    splits = resolve_targets(args.targets)
+    start = time.time()
+    findings, details = check_splits(splits, deep=not args.quick,
+                                     min_similarity=args.near_duplicate_similarity,
+                                     workers=args.workers)
+    seconds = round(time.time() - start, 1)
+    report = report_dict(findings, seconds)
+    report["splits"] = {s: {"json": j, "images": d} for s, (j, d) in splits.items()}
+    print(summary_table(findings, args.show) if findings else "No defects found.")
+    print(f"\n{report['errors']} error(s), {report['warnings']} warning(s) in "
+          f"{', '.join(splits)}; checked in {seconds} s.")
+    for f in findings:
+        print(f"\n[{f.severity}] {f.split}: {f.code} ({f.count}): {f.message}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=1)
+        print(f"\nFull report (every item): {args.json}")
+    if args.fix:
+        changes = write_fix(details, args.fix, splits.values())
+        print(f"\nCorrected copy in {args.fix} ({len(changes)} changes: "
+              f"{os.path.join(args.fix, 'fix_log.md')}). Near duplicates and box-only masks are "
+              "reported, not changed.")
+        if args.quick:
+            print("(--quick: images were not decoded, so unreadable files and exact copies were "
+                  "not looked for.)")
+    sys.exit(1 if report["errors"] else 0)

@@ -1,0 +1,362 @@
+"""Dataset checker: every defect of a COCO instance-segmentation export that costs a user.
+
+Checks, each with a code, a severity and the offending files or ids:
+
+- structure (cheap): the json parses and is COCO; image, annotation and file-name ids are unique;
+  every annotation points to a known image and category; annotation id 0 (pycocotools reads a
+  matched ground-truth id 0 as "unmatched", so a perfect prediction loses a true positive; see
+  ``tests/test_dataset_check.py``); unused categories; geometry (no or degenerate polygon, zero area,
+  outside the image, box that disagrees with its polygon, polygons that are only their box);
+  images without annotations; implausibly tiny boxes; listed files missing;
+- files (reads every image): unreadable or truncated images, size that differs from the json, files
+  on disk that the json does not list;
+- duplicates: exact (same pixels) and near-duplicate images (difference hash, 256 bits) within and
+  across splits; near-duplicates across splits leak patients from train into test.
+
+Errors make ``tools/check_dataset.py`` exit non-zero; warnings do not. Training and evaluation run
+the structure checks (no image decoding) at start-up: ``DATASETS.CHECK``.
+"""
+import hashlib
+import json
+import os
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+TINY_BOX_SIDE = 4.0  # px: smaller boxes are implausible for a tumor in a 640 px slice
+GEOMETRY_TOLERANCE = 1.0  # px
+NEAR_DUPLICATE_SIMILARITY = 0.85  # 1 - hamming / 256 of the difference hash; pixel corr ~0.9
+
+
+@dataclass
+class Finding:
+    severity: str  # "error" or "warning"
+    code: str
+    split: str
+    message: str  # what is wrong, what it costs, how to fix it
+    items: list = field(default_factory=list)  # offending ids / files (all of them)
+
+    @property
+    def count(self):
+        return len(self.items)
+
+
+# ---------------------------------------------------------------- structure (no decoding)
+def load_coco(json_path, split):
+    """(coco dict, findings): the json parsed and checked to be COCO, else a fatal finding."""
+    try:
+        with open(json_path) as f:
+            coco = json.load(f)
+    except FileNotFoundError:
+        return None, [Finding("error", "missing_json", split,
+                              f"{json_path} does not exist: pass a split folder that holds "
+                              "_annotations.coco.json, or a registered dataset name.", [json_path])]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return None, [Finding("error", "not_json", split,
+                              f"{json_path} is not valid JSON ({e}); re-export the annotations.",
+                              [json_path])]
+    missing = [k for k in ("images", "annotations", "categories")
+               if not isinstance(coco, dict) or not isinstance(coco.get(k), list)]
+    if missing:
+        return None, [Finding("error", "not_coco", split,
+                              f"{json_path} is not a COCO instances file: no list '"
+                              + "', '".join(missing) + "'. Export the dataset in COCO format "
+                              "(images, annotations, categories).", [json_path])]
+    return coco, []
+
+
+def _duplicates(values):
+    return sorted(v for v, n in Counter(values).items() if n > 1)
+
+
+def polygon_area(flat):
+    x, y = np.asarray(flat[0::2], float), np.asarray(flat[1::2], float)
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+def is_box_rectangle(polygon, bbox, tol=GEOMETRY_TOLERANCE):
+    """True when a polygon is the 4 corners of its bounding box (no real outline), open or closed
+    (last point repeating the first)."""
+    points = list(zip(polygon[0::2], polygon[1::2]))
+    if len(points) == 5 and points[0] == points[-1]:
+        points = points[:4]
+    if len(points) != 4:
+        return False
+    x, y, w, h = bbox
+    corners = {(round(px), round(py)) for px, py in points}
+    expected = {(round(a), round(b)) for a in (x, x + w) for b in (y, y + h)}
+    return len(corners) == 4 and all(min(abs(cx - ex) + abs(cy - ey) for ex, ey in expected)
+                                     <= 2 * tol for cx, cy in corners)
+
+
+def annotation_problems(ann, image):
+    """[(severity, code, detail)] for one annotation's geometry against its image."""
+    problems = []
+    bbox, seg = ann.get("bbox"), ann.get("segmentation")
+    polygons = seg if isinstance(seg, list) else []
+    if not bbox and not seg:
+        return [("error", "no_geometry", "neither bbox nor segmentation")]
+    if isinstance(seg, list) and any(len(p) < 6 for p in polygons):
+        problems.append(("error", "degenerate_polygon", "polygon with fewer than 3 points"))
+    points = [c for p in polygons if len(p) >= 6 for c in p]
+    if points:
+        xs, ys = points[0::2], points[1::2]
+        bounds = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        if sum(polygon_area(p) for p in polygons if len(p) >= 6) <= 0:
+            problems.append(("error", "zero_area", "polygon area 0"))
+    else:
+        bounds = bbox
+    if bbox:
+        x, y, w, h = bbox
+        if w <= 0 or h <= 0:
+            problems.append(("error", "zero_area", f"bbox {bbox}"))
+        elif min(w, h) < TINY_BOX_SIDE:
+            problems.append(("warning", "tiny_box", f"bbox {w:g} x {h:g} px"))
+        if points and max(abs(a - b) for a, b in zip(bbox, bounds)) > GEOMETRY_TOLERANCE:
+            problems.append(("warning", "bbox_polygon_mismatch",
+                             f"bbox {bbox} vs polygon bounds {[round(v, 1) for v in bounds]}"))
+    if bounds and image.get("width") and image.get("height"):
+        x, y, w, h = bounds
+        t = GEOMETRY_TOLERANCE
+        if x < -t or y < -t or x + w > image["width"] + t or y + h > image["height"] + t:
+            problems.append(("error", "outside_image",
+                             f"extends beyond the {image['width']}x{image['height']} image"))
+    return problems
+
+
+MESSAGES = {
+    "duplicate_image_id": "image ids used twice: annotations cannot be attributed. --fix keeps the "
+                          "first image of each id.",
+    "duplicate_file_name": "the same file listed twice: it would be trained and scored twice. "
+                           "--fix keeps the first entry.",
+    "duplicate_annotation_id": "annotation ids used twice: COCO tools match by id, so one of the "
+                               "pair is lost in evaluation. --fix renumbers annotation ids.",
+    "zero_annotation_id": "annotation id 0: pycocotools stores matched ground-truth ids and reads 0 "
+                          "as 'unmatched', so a correct detection of it counts as a false positive "
+                          "(the ground truth itself scores AP < 100). tumorseg-d2's evaluator "
+                          "renumbers; other COCO tools do not. --fix renumbers from 1.",
+    "unknown_image": "annotations whose image_id is not in 'images': they are silently dropped by "
+                     "loaders. --fix drops them.",
+    "unknown_category": "annotations whose category_id is not in 'categories'. --fix drops them.",
+    "unused_category": "categories that no annotation uses (a placeholder?): a model trained on "
+                       "'categories' would learn a class that never occurs. tumorseg-d2 ignores "
+                       "it; --fix removes it.",
+    "no_geometry": "annotations without bbox and segmentation. --fix drops them.",
+    "degenerate_polygon": "polygons with fewer than 3 points: no mask can be drawn. --fix drops "
+                          "the polygon (and the annotation if none is left).",
+    "zero_area": "annotations of zero area. --fix drops them.",
+    "outside_image": "annotations that extend beyond their image. --fix clips them to the image.",
+    "bbox_polygon_mismatch": "bbox disagrees with its polygon by more than 1 px. --fix sets the "
+                             "bbox to the polygon's bounds.",
+    "tiny_box": f"boxes with a side under {TINY_BOX_SIDE:g} px: implausible for a tumor, likely "
+                "stray clicks. --fix drops them.",
+    "box_masks": "every polygon is the 4-corner rectangle of its box: there are no tumor outlines, "
+                 "so mask AP and Dice measure box fit. Not fixable here; state it with results.",
+    "no_annotations": "images without annotations: kept as negative slices in training (and "
+                      "counted as true negatives in the slice figures). Check that no tumor was "
+                      "missed by the annotator.",
+    "missing_image": "files listed in the json but not on disk. --fix drops them and their "
+                     "annotations.",
+    "unreadable_image": "files that cannot be decoded (corrupt, truncated or not an image). --fix "
+                        "drops them and their annotations.",
+    "size_mismatch": "width/height in the json differ from the file: boxes would be scaled wrong. "
+                     "--fix writes the file's size.",
+    "unlisted_file": "image files on disk that the json does not list (not used). --fix does "
+                     "not copy them.",
+    "exact_duplicate": "images with identical pixels within a split: they weigh twice.",
+    "exact_duplicate_across_splits": "images with identical pixels in two splits: the test "
+                                     "split contains training images, so its scores are inflated. "
+                                     "Remove them from one split.",
+    "near_duplicate": "near-identical images within a split (neighbouring slices of one patient).",
+    "near_duplicate_across_splits": "near-identical images in two splits: the split is per image, "
+                                    "not per patient, so neighbouring slices of one patient are on "
+                                    "both sides and valid/test scores are optimistic. Re-split by "
+                                    "patient if patient ids are available.",
+}
+
+
+def check_structure(coco, image_dir, split):
+    """The cheap checks: ids, categories, geometry, listed files present. No decoding."""
+    images, anns, cats = coco["images"], coco["annotations"], coco["categories"]
+    found = defaultdict(list)
+    found["duplicate_image_id"] = _duplicates(im.get("id") for im in images)
+    found["duplicate_file_name"] = _duplicates(im.get("file_name") for im in images)
+    found["duplicate_annotation_id"] = _duplicates(a.get("id") for a in anns)
+    found["zero_annotation_id"] = [a["id"] for a in anns if a.get("id") == 0]
+    by_id = {im.get("id"): im for im in images}
+    cat_ids = {c.get("id") for c in cats}
+    used = Counter(a.get("category_id") for a in anns)
+    found["unused_category"] = [f"{c.get('id')} ({c.get('name')!r})" for c in cats
+                                if c.get("id") not in used]
+    boxes_only = []
+    for a in anns:
+        where = f"annotation {a.get('id')} (image {a.get('image_id')})"
+        image = by_id.get(a.get("image_id"))
+        if image is None:
+            found["unknown_image"].append(where)
+            continue
+        where = f"annotation {a.get('id')} ({image.get('file_name')})"
+        if a.get("category_id") not in cat_ids:
+            found["unknown_category"].append(f"{where}: category_id {a.get('category_id')}")
+        for severity, code, detail in annotation_problems(a, image):
+            found[code].append(f"{where}: {detail}")
+        seg = a.get("segmentation")
+        if isinstance(seg, list) and a.get("bbox"):
+            boxes_only.append(len(seg) == 1 and is_box_rectangle(seg[0], a["bbox"]))
+    if boxes_only and all(boxes_only):
+        found["box_masks"] = [f"all {len(boxes_only)} polygons"]
+    annotated = {a.get("image_id") for a in anns}
+    found["no_annotations"] = [im.get("file_name") for im in images if im.get("id") not in annotated]
+    found["missing_image"] = [im.get("file_name") for im in images
+                              if not os.path.isfile(os.path.join(image_dir, str(im.get("file_name"))))]
+    return [Finding(severity_of(code), code, split, MESSAGES[code], items)
+            for code, items in found.items() if items]
+
+
+def severity_of(code):
+    warnings = {"zero_annotation_id", "unused_category", "bbox_polygon_mismatch", "tiny_box",
+                "box_masks", "no_annotations", "unlisted_file", "exact_duplicate",
+                "near_duplicate", "near_duplicate_across_splits"}
+    return "warning" if code in warnings else "error"
+
+
+# ---------------------------------------------------------------- files (decoding)
+def read_image(path):
+    """(width, height, pixel sha1, 256-bit difference hash, 64x64 thumbnail) or (error, ...)."""
+    import imagehash
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()  # decodes fully: truncated files raise here
+            gray = img.convert("L")
+            digest = hashlib.sha1(np.asarray(img).tobytes()).hexdigest()
+            dhash = imagehash.dhash(gray, hash_size=16).hash.flatten()
+            thumb = np.asarray(gray.resize((64, 64), Image.BILINEAR), np.float32).ravel()
+            return img.width, img.height, digest, dhash, thumb
+    except Exception as e:  # noqa: BLE001 - any decoder failure is the finding
+        return f"{type(e).__name__}: {e}", None, None, None, None
+
+
+def check_files(coco, image_dir, split, workers=2):
+    """Decode every listed image; returns (findings, {file: read_image's tuple})."""
+    files = [im["file_name"] for im in coco["images"]
+             if os.path.isfile(os.path.join(image_dir, str(im.get("file_name"))))]
+    with Pool(workers) as pool:
+        decoded = dict(zip(files, pool.map(read_image, [os.path.join(image_dir, f) for f in files],
+                                           chunksize=16)))
+    found = defaultdict(list)
+    for im in coco["images"]:
+        w, h = decoded.get(im.get("file_name"), (None, None))[:2]
+        if h is None and w is not None:
+            found["unreadable_image"].append(f"{im['file_name']}: {w}")
+        elif h is not None and (im.get("width"), im.get("height")) != (w, h):
+            found["size_mismatch"].append(
+                f"{im['file_name']}: json {im.get('width')}x{im.get('height')}, file {w}x{h}")
+    listed = {im.get("file_name") for im in coco["images"]}
+    found["unlisted_file"] = sorted(
+        f for f in os.listdir(image_dir) if f.lower().endswith(IMAGE_EXTENSIONS) and f not in listed)
+    return [Finding(severity_of(c), c, split, MESSAGES[c], items)
+            for c, items in found.items() if items], decoded
+
+
+def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
+    """Exact and near duplicates over {split: {file: fingerprint}}, within and across splits.
+
+    Near duplicates: difference-hash similarity (1 - Hamming distance / 256) >= min_similarity;
+    each pair also reports the Pearson correlation of the two 64x64 grayscale thumbnails."""
+    keys = [(s, f) for s, files in fingerprints.items() for f in files]
+    if len(keys) < 2:
+        return []
+    fp = [fingerprints[s][f] for s, f in keys]
+    found = defaultdict(list)
+    by_digest = defaultdict(list)
+    for key, (digest, _, _) in zip(keys, fp):
+        by_digest[digest].append(key)
+    exact = set()
+    for group in by_digest.values():
+        for i in range(len(group)):
+            for j in range(i + 1, len(group)):
+                (s1, f1), (s2, f2) = group[i], group[j]
+                code = "exact_duplicate" if s1 == s2 else "exact_duplicate_across_splits"
+                found[(code, s1 if s1 == s2 else f"{s1}/{s2}")].append(f"{s1}/{f1} = {s2}/{f2}")
+                exact.add((group[i], group[j]))
+    bits = np.array([d for _, d, _ in fp], np.float32) * 2 - 1  # +-1: dot = 256 - 2 * hamming
+    thumbs = np.array([t for _, _, t in fp], np.float32)
+    thumbs = (thumbs - thumbs.mean(1, keepdims=True)) / (thumbs.std(1, keepdims=True) + 1e-6)
+    similarity = 0.5 + 0.5 * (bits @ bits.T) / bits.shape[1]
+    rows, cols = np.nonzero(np.triu(similarity >= min_similarity, k=1))
+    for i, j in sorted(zip(rows, cols), key=lambda ij: -similarity[ij]):
+        (s1, f1), (s2, f2) = keys[i], keys[j]
+        if (keys[i], keys[j]) in exact:
+            continue
+        corr = float(thumbs[i] @ thumbs[j]) / thumbs.shape[1]
+        code = "near_duplicate" if s1 == s2 else "near_duplicate_across_splits"
+        found[(code, s1 if s1 == s2 else f"{s1}/{s2}")].append(
+            f"{s1}/{f1} ~ {s2}/{f2}: similarity {similarity[i, j]:.3f}, pixel correlation {corr:.3f}")
+    return [Finding(severity_of(code), code, split, MESSAGES[code], items)
+            for (code, split), items in sorted(found.items())]
+
+
+# ---------------------------------------------------------------- whole data set
+def check_splits(splits, deep=True, min_similarity=NEAR_DUPLICATE_SIMILARITY, workers=2):
+    """Check {split name: (json path, image folder)}. Returns (findings, errors first; and per
+    split the parsed json and the decoded images' properties, which --fix uses)."""
+    findings, details = [], {}
+    for split, (json_path, image_dir) in splits.items():
+        coco, fatal = load_coco(json_path, split)
+        findings += fatal
+        if coco is None:
+            continue
+        findings += check_structure(coco, image_dir, split)
+        details[split] = {"coco": coco, "image_dir": image_dir, "decoded": {}}
+        if deep:
+            file_findings, details[split]["decoded"] = check_files(coco, image_dir, split, workers)
+            findings += file_findings
+    if deep:
+        fingerprints = {s: {f: d[2:] for f, d in v["decoded"].items() if d[1] is not None}
+                        for s, v in details.items()}
+        findings += duplicate_findings(fingerprints, min_similarity)
+    return sorted(findings, key=lambda f: (f.severity != "error", f.split, f.code)), details
+
+
+def report_dict(findings, seconds=None):
+    errors = sum(f.severity == "error" for f in findings)
+    return {"errors": errors, "warnings": len(findings) - errors, "seconds": seconds,
+            "findings": [dict(asdict(f), count=f.count) for f in findings]}
+
+
+class DatasetCheckError(ValueError):
+    pass
+
+
+def check_at_start(dataset_names, policy="refuse", logger=None):
+    """The structure checks on registered datasets before any compute is spent.
+
+    policy "refuse": errors raise DatasetCheckError; "warn": errors are logged; "off": skipped.
+    Warnings are always logged, one line per check."""
+    if policy == "off":
+        return []
+    from .datasets import dataset_files
+
+    findings = []
+    for name in dict.fromkeys(dataset_names):
+        json_path, image_dir = dataset_files(name)
+        coco, fatal = load_coco(json_path, name)
+        findings += fatal if coco is None else check_structure(coco, image_dir, name)
+    errors = [f for f in findings if f.severity == "error"]
+    for f in findings:
+        if logger and (f.severity == "warning" or policy == "warn"):
+            logger.warning(f"Dataset check, {f.split}: {f.code} ({f.count}, e.g. {f.items[0]})")
+    if errors and policy == "refuse":
+        lines = "\n".join(f"- {f.split}: {f.code} ({f.count}, e.g. {f.items[0]}): {f.message}"
+                          for f in errors)
+        raise DatasetCheckError(
+            f"The dataset has errors that would fail or silently skew this run:\n{lines}\n"
+            "Run tools/check_dataset.py on the split folders for the full list, and --fix OUT to "
+            "write a corrected copy (then set DATASETS.TUMORSEG_ROOT OUT); or set DATASETS.CHECK "
+            "warn to run anyway.")
+    return findings
