@@ -1,13 +1,20 @@
 """Training, resuming and evaluating through tools/train_net.py, as a user runs them."""
+import argparse
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+import torch
 from detectron2.utils.events import EventStorage
 
-from tumorseg_d2.engine import EarlyStopping
+from tumorseg_d2.engine import EarlyStopping, Trainer
+from tumorseg_d2.engine.run import setup
 
-from conftest import SCRATCH_CFG, TINY, run_tool
+from conftest import REPO, SCRATCH_CFG, TINY, run_tool
 
 
 def read_metrics_lines(output_dir):
@@ -114,8 +121,6 @@ def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous checkpoint and last_checkpoint intact."""
-    import torch
-
     from tumorseg_d2.checkpoint import AtomicCheckpointer
 
     model = torch.nn.Linear(2, 2)
@@ -135,3 +140,87 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
     monkeypatch.undo()
     assert AtomicCheckpointer(model, str(tmp_path)).resume_or_load("")["iteration"] == 1
+
+
+def test_killed_training_resumes_exactly(phantom_root, tmp_path):
+    """SIGKILL a real training, --resume it: the final weights are bit-identical to a run that was
+    never interrupted (iteration, optimizer, scheduler, random state and data order restored)."""
+    common = ["--config-file", SCRATCH_CFG, *TINY, "DATALOADER.NUM_WORKERS", "2",
+              "DATASETS.TUMORSEG_ROOT", phantom_root, "SEED", "3", "SOLVER.MAX_ITER", "12",
+              "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0", "DATASETS.VAL", "()",
+              "DATASETS.TEST", "()"]
+    whole = run_tool("train_net.py", *common, "OUTPUT_DIR", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "train_net.py"), *common,
+                             "OUTPUT_DIR", str(out)], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (out / "model_0000005.pth").exists():
+        assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model_final.pth").exists()
+    last = (out / "last_checkpoint").read_text().strip()
+    resume_at = torch.load(out / last, weights_only=False)["iteration"] + 1
+
+    resumed = run_tool("train_net.py", "--resume", *common, "OUTPUT_DIR", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Starting training from iteration {resume_at}" in resumed.stdout + resumed.stderr
+    a = torch.load(tmp_path / "whole" / "model_final.pth", weights_only=False)
+    b = torch.load(out / "model_final.pth", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["trainer"]["_trainer"]["optimizer"]["state"].keys() == \
+        b["trainer"]["_trainer"]["optimizer"]["state"].keys()
+
+
+def test_nan_loss_stops_with_the_iteration_the_loss_and_the_last_good_checkpoint(phantom_root,
+                                                                                 tmp_path):
+    out = tmp_path / "run"
+    args = argparse.Namespace(
+        config_file=SCRATCH_CFG, eval_only=False, resume=False,
+        opts=[*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(out),
+              "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
+              "DATASETS.VAL", "()", "DATASETS.TEST", "()"])
+    cfg = setup(args)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+
+    def poison(module, inputs, losses):  # the mask loss diverges at the 4th iteration
+        if trainer.iter == 3:
+            losses["loss_mask"] = losses["loss_mask"] * float("nan")
+        return losses
+
+    trainer.model.register_forward_hook(poison)
+    with pytest.raises(FloatingPointError) as err:
+        trainer.train()
+    message = str(err.value)
+    assert "iteration 3" in message and "loss_mask" in message
+    assert "model_0000001.pth" in message  # the last good checkpoint, named
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"
+    assert not (out / "model_final.pth").exists()
+
+
+def test_unwritable_output_fails_at_start_up(phantom_root, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(blocker / "run"))
+    assert proc.returncode != 0
+    assert f"OUTPUT_DIR {blocker / 'run'} cannot be written" in proc.stderr
+
+
+def test_full_disk_fails_at_start_up(phantom_root, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
+    args = argparse.Namespace(config_file=SCRATCH_CFG, eval_only=False, resume=False,
+                              opts=[*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root,
+                                    "OUTPUT_DIR", str(tmp_path / "run")])
+    with pytest.raises(OSError, match="free on the disk of OUTPUT_DIR"):
+        Trainer(setup(args))

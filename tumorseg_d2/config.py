@@ -21,6 +21,9 @@ def add_tumorseg_config(cfg):
     # Structure checks of every dataset at start-up (tools/check_dataset.py --quick): "refuse"
     # stops on errors, "warn" logs them and goes on, "off" skips the checks.
     cfg.DATASETS.CHECK = "refuse"
+    # A training image that cannot be read: True logs its name and takes the next sample; False
+    # stops the run with the name (evaluation always stops: skipping would change the figures).
+    cfg.DATALOADER.SKIP_BAD_IMAGES = True
     # Validation during training, every TEST.EVAL_PERIOD iterations.
     cfg.TEST.VAL_LOSS = True  # also compute the mean training losses on DATASETS.VAL
     cfg.TEST.BEST_METRIC = "segm/AP50"  # "" disables model_best.pth

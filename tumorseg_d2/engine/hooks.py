@@ -1,10 +1,6 @@
 """Training hooks: validation loss and early stopping; evaluation that leaves training untouched."""
-import contextlib
 import logging
 import math
-import random
-
-import numpy as np
 
 import torch
 from detectron2.data import DatasetMapper, build_detection_test_loader
@@ -12,26 +8,9 @@ from detectron2.data import transforms as T
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..rng import preserve_rng
+
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def preserve_rng():
-    """Run a block without consuming the random streams training draws from.
-
-    Evaluation creates data loaders (which draw a seed) and validation losses sample proposals;
-    wrapped in this, evaluating during training does not change the trained weights.
-    """
-    state = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-             torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    try:
-        yield
-    finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.set_rng_state(state[2])
-        if state[3] is not None:
-            torch.cuda.set_rng_state_all(state[3])
 
 
 def validation_loader(cfg, dataset_name):

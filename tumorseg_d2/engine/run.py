@@ -1,6 +1,7 @@
 """What tools/train_net.py runs: config set-up, training, and evaluation on the test split."""
 import logging
 import os
+import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -28,6 +29,7 @@ def setup(args, check=None):
     cfg.freeze()
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
     check_num_classes(cfg)
+    check_output_dir(cfg.OUTPUT_DIR)
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
     if no_gpu:
@@ -37,6 +39,18 @@ def setup(args, check=None):
             cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
     check_at_start(check, cfg.DATASETS.CHECK, logger)
     return cfg
+
+
+def check_output_dir(path):
+    """Fail at start-up, not at the first save, when OUTPUT_DIR cannot be written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path) as probe:
+            probe.write(b"tumorseg-d2")
+            probe.flush()
+    except OSError as e:
+        raise OSError(f"OUTPUT_DIR {path} cannot be written ({type(e).__name__}: {e}). Set "
+                      "OUTPUT_DIR to a folder you can write, e.g. OUTPUT_DIR output/run1.") from e
 
 
 def final_weights(output_dir):

@@ -7,7 +7,9 @@ import torch
 LENGTH_INDEPENDENT = ("WarmupMultiStepLR",)
 
 
-class WarmupMultiStepLR(torch.optim.lr_scheduler.LRScheduler):
+# _LRScheduler, not LRScheduler: Detectron2's LRScheduler hook saves the state of _LRScheduler
+# subclasses only, and --resume must find the schedule where it was.
+class WarmupMultiStepLR(torch.optim.lr_scheduler._LRScheduler):
     """Detectron2's WarmupMultiStepLR (warm-up, then x GAMMA at each of STEPS), in iterations.
 
     Detectron2 evaluates its schedule at iteration / MAX_ITER, so one iteration's rate differs in

@@ -2,7 +2,10 @@
 checkpoint selection, validation loss, early stopping, and weights that fail fast when missing."""
 import logging
 import os
+import re
+import shutil
 
+import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
@@ -11,8 +14,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from ..checkpoint import AtomicCheckpointer, resolve_weights
+from ..data.loader import TrainingState, build_resumable_train_loader
 from ..evaluation import TumorCOCOEvaluator, format_results, save_results
-from .hooks import EarlyStopping, ValidationLoss, preserve_rng
+from ..rng import preserve_rng
+from .hooks import EarlyStopping, ValidationLoss
 from .schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -22,6 +27,8 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         super().__init__(cfg)
         self._stop_requested = False
+        if comm.is_main_process():
+            check_disk_space(cfg, self.model)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -40,6 +47,21 @@ class Trainer(DefaultTrainer):
             params, lr=cfg.SOLVER.BASE_LR, betas=tuple(cfg.SOLVER.BETAS),
             weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """A loader that --resume continues exactly (tumorseg_d2/data/loader.py); Detectron2's for
+        samplers other than TrainingSampler."""
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            logger.warning(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: Detectron2's "
+                           "loader, which restarts its data order on --resume.")
+            return super().build_train_loader(cfg)
+        seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
+        return build_resumable_train_loader(cfg, seed)
+
+    @property
+    def data_stream(self):
+        return getattr(self._trainer.data_loader, "stream", None)
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
@@ -71,6 +93,8 @@ class Trainer(DefaultTrainer):
         # built here save through it, so make its writes atomic first.
         self.checkpointer = AtomicCheckpointer.like(self.checkpointer)
         ret = super().build_hooks()
+        if self.data_stream is not None:
+            ret.insert(0, TrainingState(self.data_stream))
         # DefaultTrainer evaluates DATASETS.TEST while training; we validate on DATASETS.VAL so the
         # test split never takes part in a choice.
         val_cfg = cfg.clone()
@@ -102,6 +126,23 @@ class Trainer(DefaultTrainer):
             self.cfg.MODEL.WEIGHTS = resolve_weights(self.cfg.MODEL.WEIGHTS)
             self.cfg.freeze()
         super().resume_or_load(resume=resume)
+        if self.data_stream is not None:  # continue the data stream where the checkpoint left it
+            self.data_stream.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+
+    # Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so --resume
+    # restarted Adam's moments; later Detectron2 saves it under "_trainer", as here.
+    def state_dict(self):
+        ret = super().state_dict()
+        ret["_trainer"] = self._trainer.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" in state_dict:
+            self._trainer.load_state_dict(state_dict["_trainer"])
+        else:
+            logger.warning("The checkpoint has no optimizer state (saved by Detectron2 v0.6?): the "
+                           "optimizer starts afresh.")
 
     def request_stop(self):
         self._stop_requested = True
@@ -121,11 +162,39 @@ class Trainer(DefaultTrainer):
                         break
                 else:
                     self.iter += 1  # iter == max_iter tells after_train the run completed
+            except FloatingPointError as e:
+                raise FloatingPointError(self._diverged_message(e)) from e
             except Exception:
                 logger.exception("Exception during training:")
                 raise
             finally:
                 self.after_train()
+
+
+    def _diverged_message(self, error):
+        bad = re.findall(r"'(\w+)': (?:nan|-?inf)", str(error)) or ["total_loss"]
+        last = (os.path.basename(self.checkpointer.get_checkpoint_file())
+                if self.checkpointer.has_checkpoint() else None)
+        return (f"Training stopped: {', '.join(bad)} became NaN or infinite at iteration "
+                f"{self.iter}. Nothing after the last good checkpoint was saved: "
+                + (f"{last} in {self.cfg.OUTPUT_DIR} (continue from it with --resume once fixed). "
+                   if last else "there is none yet. ")
+                + "Lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS, enable "
+                "SOLVER.CLIP_GRADIENTS.ENABLED True, or check the data with tools/check_dataset.py."
+                f"\n(Detectron2: {error})")
+
+
+def check_disk_space(cfg, model):
+    """Fail before training, not at the first save, when a checkpoint cannot fit."""
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    per_param = {"SGD": 2, "ADAM": 3, "ADAMW": 3}.get(cfg.SOLVER.OPTIMIZER.upper(), 3)
+    checkpoint = weights * per_param  # weights plus the optimizer's state
+    free = shutil.disk_usage(cfg.OUTPUT_DIR).free
+    if free < 2 * checkpoint:  # an atomic save holds the new file beside the old one
+        raise OSError(
+            f"Only {free / 1e6:.0f} MB free on the disk of OUTPUT_DIR {cfg.OUTPUT_DIR}; a checkpoint "
+            f"of this model takes about {checkpoint / 1e6:.0f} MB and saving one safely needs twice "
+            "that. Free some space or set OUTPUT_DIR to a folder on another disk.")
 
 
 def check_num_classes(cfg):
