@@ -121,10 +121,10 @@ def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     """A save that dies half-way leaves the previous checkpoint and last_checkpoint intact."""
-    from tumorseg_d2.checkpoint import AtomicCheckpointer
+    from tumorseg_d2.checkpoint import SafeCheckpointer
 
     model = torch.nn.Linear(2, 2)
-    checkpointer = AtomicCheckpointer(model, str(tmp_path))
+    checkpointer = SafeCheckpointer(model, str(tmp_path))
     checkpointer.save("model_final", iteration=1)
     good = (tmp_path / "model_final.pth").read_bytes()
 
@@ -139,7 +139,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]
     monkeypatch.undo()
-    assert AtomicCheckpointer(model, str(tmp_path)).resume_or_load("")["iteration"] == 1
+    assert SafeCheckpointer(model, str(tmp_path)).resume_or_load("")["iteration"] == 1
 
 
 def test_killed_training_resumes_exactly(phantom_root, tmp_path):
@@ -224,3 +224,28 @@ def test_full_disk_fails_at_start_up(phantom_root, tmp_path, monkeypatch):
                                     "OUTPUT_DIR", str(tmp_path / "run")])
     with pytest.raises(OSError, match="free on the disk of OUTPUT_DIR"):
         Trainer(setup(args))
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_unreadable_training_image_is_named_and_skipped_or_fatal(tmp_path, skip):
+    import shutil
+
+    from tumorseg_d2.data import make_phantom_dataset
+
+    root = make_phantom_dataset(str(tmp_path / "data"), counts={"train": 4, "valid": 2, "test": 2})
+    coco = json.load(open(os.path.join(root, "train", "_annotations.coco.json")))
+    bad = os.path.join(root, "train", coco["images"][1]["file_name"])
+    data = open(bad, "rb").read()
+    open(bad, "wb").write(data[: len(data) // 3])  # truncated: passes the start-up checks
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
+    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,
+                    "DATASETS.TUMORSEG_ROOT", root, "OUTPUT_DIR", str(tmp_path / "run"),
+                    "SOLVER.MAX_ITER", "4", "TEST.EVAL_PERIOD", "0", "DATASETS.VAL", "()",
+                    "DATASETS.TEST", "()", "DATALOADER.SKIP_BAD_IMAGES", str(skip))
+    log = proc.stdout + proc.stderr
+    if skip:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"Skipping unreadable training image {bad}" in log
+    else:
+        assert proc.returncode != 0
+        assert f"Cannot read training image {bad}" in log and "SKIP_BAD_IMAGES True" in log

@@ -98,9 +98,21 @@ def atomic_write(path, write):
             os.remove(tmp)
 
 
-class AtomicCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer whose checkpoints and ``last_checkpoint`` tag are written atomically,
-    so a run killed while saving resumes from the previous checkpoint instead of a corrupt one."""
+class WeightsError(ValueError):
+    pass
+
+
+# Layers whose shapes follow the number of classes: re-initialized, not expected to load.
+CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer with writes that are atomic (a run killed while saving resumes from
+    the previous checkpoint, never a corrupt one) and loads that fail clearly: a file that is not
+    a checkpoint, or one made for another architecture (which Detectron2 would load silently,
+    skipping every mismatched weight), raises WeightsError naming the file and the fix."""
+
+    MIN_MATCHED = 0.5  # of the weights that do not depend on the number of classes
 
     @classmethod
     def like(cls, checkpointer):
@@ -122,3 +134,37 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                      lambda f: f.write(last_filename_basename.encode()))
+
+    def load(self, path, *args, **kwargs):
+        self._loading = path
+        return super().load(path, *args, **kwargs)
+
+    def _load_file(self, filename):
+        try:
+            loaded = super()._load_file(filename)
+        except Exception as e:  # noqa: BLE001 - torch.load and pickle raise many types
+            raise WeightsError(
+                f"Weights file {filename} cannot be read ({type(e).__name__}: {e}). It is truncated "
+                "or not a PyTorch (.pth) / Detectron2 model-zoo (.pkl) checkpoint: copy or download "
+                "it again and compare its size with the source.") from e
+        if not isinstance(loaded.get("model"), dict) or not loaded["model"]:
+            raise WeightsError(f"Weights file {filename} holds no model weights (no 'model' "
+                               "state dict): pass a checkpoint saved by training.")
+        return loaded
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        expected = [k for k in self.model.state_dict() if not k.startswith(CLASS_SPECIFIC)]
+        failed = set(incompatible.missing_keys) | {k for k, _, _ in incompatible.incorrect_shapes}
+        matched = sum(k not in failed for k in expected)
+        if expected and matched < self.MIN_MATCHED * len(expected):
+            example = next((f"{k}: checkpoint {tuple(a)}, model {tuple(b)}"
+                            for k, a, b in incompatible.incorrect_shapes), None) \
+                or next(iter(sorted(failed)), "")
+            raise WeightsError(
+                f"Weights file {getattr(self, '_loading', '')} does not fit this model: only "
+                f"{matched} of {len(expected)} weights match by name and shape (e.g. {example}). "
+                "It was trained with another architecture (MODEL.RESNETS.DEPTH, MODEL.FPN."
+                "OUT_CHANNELS, ... differ from this config). Use the config it was trained with "
+                "(training writes config.yaml beside its checkpoints) or other weights.")
+        return incompatible

@@ -43,6 +43,10 @@ def validate_config(cfg):
     """Reject values that would fail late or silently; messages name the key and the fix."""
     if cfg.SOLVER.OPTIMIZER.upper() not in OPTIMIZERS:
         raise ValueError(f"SOLVER.OPTIMIZER is {cfg.SOLVER.OPTIMIZER!r}; use one of {OPTIMIZERS}.")
+    for key, value in (("SOLVER.BASE_LR", cfg.SOLVER.BASE_LR), ("SOLVER.MAX_ITER", cfg.SOLVER.MAX_ITER),
+                       ("SOLVER.IMS_PER_BATCH", cfg.SOLVER.IMS_PER_BATCH)):
+        if value <= 0:
+            raise ValueError(f"{key} is {value}; it must be positive.")
     if cfg.DATASETS.CHECK not in ("refuse", "warn", "off"):
         raise ValueError(f"DATASETS.CHECK is {cfg.DATASETS.CHECK!r}; use 'refuse', 'warn' or 'off'.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):
@@ -68,6 +72,11 @@ def merge_config(cfg, config_file=None, opts=()):
         if config_file is not None:
             cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
+    except ValueError as e:
+        if "Type mismatch" not in str(e):
+            raise
+        raise ValueError(f"{e}. Give the key a value of the type of its default (Detectron2's "
+                         "detectron2/config/defaults.py or tumorseg_d2/config.py).") from e
     except (KeyError, AssertionError) as e:
         found = re.search(r"(?:key|Non-existent config key):\s*([\w.]+)", str(e))
         if not found:

@@ -3,11 +3,10 @@ import argparse
 import logging
 import os
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
 
 from . import clinical
-from .checkpoint import resolve_weights
+from .checkpoint import SafeCheckpointer, resolve_weights
 from .engine.run import setup
 from .engine.trainer import Trainer
 from .report import evaluate_predictions, predict
@@ -61,7 +60,7 @@ def main(argv=None):
     name = dataset_for(cfg, args.split)
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "evaluation", name)
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(resolve_weights(args.weights))
+    SafeCheckpointer(model).load(resolve_weights(args.weights))
     threshold_from = dataset_for(cfg, args.threshold_from) if args.threshold_from else None
     metrics = evaluate_split(cfg, model, name, output, args.score_threshold, threshold_from)
     summary = metrics["clinical"]["all classes"]

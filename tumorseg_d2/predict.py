@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 
 from detectron2.data import MetadataCatalog
@@ -59,12 +60,15 @@ def main(argv=None):
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     paths = expand_inputs(args.input)
-    predictor = BatchPredictor(cfg, batch_size=args.batch_size)
-    results, detections, start, done = [], 0, time.time(), 0
+    predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip")
+    results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):
         for x, pred in zip(batch, predictor.predict_batch(batch, masks="rle")):
             path = paths[x["index"]]
+            if "error" in pred:  # reported at the end; the other images go on
+                errors.append({"file_name": path, "error": pred["error"]})
+                continue
             keep = pred["scores"] >= args.score_threshold
             masks = [m for m, k in zip(pred["masks"], keep) if k]
             overlay = draw_overlay(read_image(path, format="RGB"), pred["boxes"][keep],
@@ -90,4 +94,12 @@ def main(argv=None):
             json.dump(results, f)
     print(f"{done} images, {detections} detections >= {args.score_threshold}, "
           f"{seconds / max(done, 1):.3f} s per image; overlays in {args.output}")
+    if errors:
+        with open(os.path.join(args.output, "errors.json"), "w") as f:
+            json.dump(errors, f, indent=1)
+        print(f"\n{len(errors)} input(s) could not be used (also in "
+              f"{os.path.join(args.output, 'errors.json')}):", file=sys.stderr)
+        for e in errors:
+            print(f"- {e['error']}", file=sys.stderr)
+        sys.exit(1)
     return results

@@ -4,33 +4,103 @@
     predictor = BatchPredictor(cfg)                     # cfg.MODEL.WEIGHTS is loaded once
     results = predictor(["a.jpg", array_hw, array_hwc], masks="rle", probability=True)
 
-Images are file paths or arrays (H, W) grayscale or (H, W, 3) RGB, of any size; a DataLoader with
-worker processes decodes and resizes them while the model runs on the previous batch.
+Images are file paths or uint8 arrays, (H, W) or (H, W, 1) grayscale or (H, W, 3) RGB, of any size
+up to ``max_pixels()``; a DataLoader with worker processes decodes and resizes them while the model
+runs on the previous batch. An input that cannot be used (not an image, empty, 16-bit, alpha
+channel, too large) raises InputImageError naming it and the fix, or with ``on_error="skip"`` gives
+``{"error": message}`` in its place while the other inputs are predicted.
 """
+import os
+
 import numpy as np
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
+from PIL import Image, UnidentifiedImageError
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.layers.mask_ops import paste_masks_in_image
 from pycocotools import mask as mask_util
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import resolve_weights
+from .checkpoint import SafeCheckpointer, resolve_weights
 
 
-def to_model_format(image, fmt):
-    """An (H, W) grayscale or (H, W, 3) RGB uint8 array in the model's channel order ("BGR"/"RGB")."""
+# Guard against decompression bombs: an MRI slice has well under a megapixel.
+DEFAULT_MAX_PIXELS = 64 * 2**20
+
+
+class InputImageError(ValueError):
+    pass
+
+
+def max_pixels():
+    """The largest input accepted, in pixels: $TUMORSEG_MAX_PIXELS, default 64 megapixels."""
+    return int(os.environ.get("TUMORSEG_MAX_PIXELS", DEFAULT_MAX_PIXELS))
+
+
+def _check_size(name, w, h):
+    if w * h > max_pixels():
+        raise InputImageError(
+            f"{name} is {w}x{h} = {w * h / 1e6:.1f} megapixels, over the limit of "
+            f"{max_pixels() / 1e6:.1f}: decoding it could exhaust memory (a decompression bomb, or "
+            "not an MRI slice). Downscale it, or raise the limit with TUMORSEG_MAX_PIXELS=<pixels> "
+            "if the image is genuine.")
+
+
+def to_model_format(image, fmt, name="array"):
+    """A uint8 (H, W), (H, W, 1) grayscale or (H, W, 3) RGB array in the model's channel order.
+    Grayscale becomes three equal channels, as the training slices are stored."""
     image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {image.shape}")
+        channels = image.shape[2] if image.ndim == 3 else image.ndim
+        raise InputImageError(
+            f"{name} has shape {image.shape} ({channels} channels): expected grayscale (H, W) or "
+            "RGB (H, W, 3). A 4th channel is usually alpha (transparency): drop it "
+            "(image[..., :3], or PIL's .convert('RGB')) after checking it carries nothing.")
     if image.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+        raise InputImageError(
+            f"{name} has {image.dtype} pixels; the model was trained on 8-bit slices. Convert it to "
+            "uint8 with the intensity window used for training (e.g. scale the 1st-99th "
+            "percentile to 0-255).")
+    _check_size(name, image.shape[1], image.shape[0])
     return np.ascontiguousarray(image[:, :, ::-1] if fmt == "BGR" else image)
+
+
+def read_input_image(path, fmt):
+    """An image file as the model reads it, or InputImageError naming the problem and the fix."""
+    if not os.path.isfile(path):
+        raise InputImageError(f"{path} does not exist.")
+    if os.path.getsize(path) == 0:
+        raise InputImageError(f"{path} is empty (0 bytes): the export or copy failed; copy it again.")
+    try:
+        with Image.open(path) as img:  # reads the header only
+            _check_size(path, *img.size)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                raise InputImageError(
+                    f"{path} has 16-bit or float pixels (PIL mode {img.mode}); the model was trained "
+                    "on 8-bit slices. Convert it to 8-bit with the intensity window used for "
+                    "training (e.g. scale the 1st-99th percentile to 0-255) and save as PNG.")
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                raise InputImageError(
+                    f"{path} has an alpha channel (PIL mode {img.mode}, 4 channels or "
+                    "transparency): its meaning is unknown to the model. Save the slice without "
+                    "alpha (e.g. PIL: Image.open(p).convert('RGB').save(q)) after checking it "
+                    "carries nothing.")
+            img.load()  # decodes: a truncated file raises here
+            array = np.asarray(img.convert("L") if img.mode in ("L", "1", "P") else
+                               img.convert("RGB"))
+    except UnidentifiedImageError as e:
+        raise InputImageError(f"{path} is not an image that can be read (JPEG, PNG, BMP, TIFF): "
+                              "pass image files only (convert DICOM/NIfTI slices to PNG "
+                              "first).") from e
+    except OSError as e:
+        raise InputImageError(f"{path} cannot be decoded ({e}): the file is truncated or corrupt; "
+                              "copy or export it again.") from e
+    return to_model_format(array, fmt, path)
 
 
 class _Images(Dataset):
@@ -42,8 +112,11 @@ class _Images(Dataset):
 
     def __getitem__(self, i):
         item = self.images[i]
-        image = read_image(item, format=self.fmt) if isinstance(item, str) else \
-            to_model_format(item, self.fmt)
+        try:
+            image = read_input_image(item, self.fmt) if isinstance(item, str) else \
+                to_model_format(item, self.fmt, f"input {i}")
+        except InputImageError as e:  # reported by the main process, by BatchPredictor's on_error
+            return {"error": str(e), "index": i}
         h, w = image.shape[:2]
         resized = self.resize.get_transform(image).apply_image(image)
         return {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()), "height": h,
@@ -53,10 +126,13 @@ class _Images(Dataset):
 class BatchPredictor:
     """Loads ``cfg.MODEL.WEIGHTS`` once; calling it runs batched inference."""
 
-    def __init__(self, cfg, batch_size=4, num_workers=2):
+    def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise"):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'.")
+        self.on_error = on_error
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        DetectionCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+        SafeCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size, self.num_workers = batch_size, num_workers
 
@@ -68,8 +144,15 @@ class BatchPredictor:
 
     @torch.inference_mode()
     def predict_batch(self, batch, masks="rle", probability=False):
-        raw = self.model.inference(batch, do_postprocess=False)
-        return [self._result(r, x, masks, probability) for r, x in zip(raw, batch)]
+        """Results for one batch from :meth:`batches`, in order; unreadable inputs raise or give
+        ``{"error": message}`` (``on_error``)."""
+        bad = [x for x in batch if "error" in x]
+        if bad and self.on_error == "raise":
+            raise InputImageError(bad[0]["error"])
+        good = [x for x in batch if "error" not in x]
+        raw = iter(self.model.inference(good, do_postprocess=False) if good else [])
+        return [{"error": x["error"]} if "error" in x else
+                self._result(next(raw), x, masks, probability) for x in batch]
 
     def __call__(self, images, masks="rle", probability=False):
         """Results in input order: dicts of boxes (N, 4) XYXY in input pixels, scores, classes

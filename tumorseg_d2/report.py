@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from pycocotools.coco import COCO
@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from . import clinical
+from .data.loader import build_test_loader
 from .evaluation import METRICS, no_detection_scores, per_class_metrics, save_results
 from .plots import write_plots
 
@@ -27,7 +28,7 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 # ---------------------------------------------------------------- inference
 def predict(cfg, model, dataset_name):
     """Run ``model`` over a registered split (progress bar); per-image predictions with RLE masks."""
-    loader = build_detection_test_loader(cfg, dataset_name)
+    loader = build_test_loader(cfg, dataset_name)
     preds = []
     model.eval()
     with torch.inference_mode():

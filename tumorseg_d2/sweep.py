@@ -18,25 +18,22 @@ import math
 import os
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.engine import HookBase, hooks  # noqa: E402
+from detectron2.data import MetadataCatalog
+from detectron2.engine import HookBase, hooks
 from detectron2.utils.env import seed_all_rng
 from fvcore.common.config import CfgNode
 
+from .checkpoint import SafeCheckpointer
 from .data import register_tumorseg
-from .engine.hooks import EarlyStopping, ValidationLoss, preserve_rng, validation_loader, \
-    validation_losses
+from .engine.hooks import EarlyStopping, ValidationLoss, validation_loader, validation_losses
 from .engine.schedule import LENGTH_INDEPENDENT
 from .engine.trainer import Trainer
 from .evaluate import evaluate_split
 from .evaluation import METRICS, save_results
 from .plot_metrics import read_metrics
+from .plots import plt  # matplotlib, headless
 from .report import fmt_value, markdown_table
+from .rng import preserve_rng
 
 logger = logging.getLogger("tumorseg_d2")
 
@@ -121,7 +118,7 @@ class Milestones(HookBase):
             path = os.path.join(self.cfg.OUTPUT_DIR, checkpoint_name(k) + ".pth")
             if k <= self.trainer.start_iter and k not in self.rows and os.path.isfile(path):
                 model = Trainer.build_model(self.cfg)
-                state = DetectionCheckpointer(model).load(path).get("trainer", {})
+                state = SafeCheckpointer(model).load(path).get("trainer", {})
                 seconds = state.get("hooks", {}).get(type(self).__qualname__, {})
                 self._evaluate(model, k, seconds.get("train_seconds", math.nan))
         self._last = time.perf_counter()
@@ -429,7 +426,7 @@ def evaluate_best(cfg, best, trial_dir, output):
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
     model = Trainer.build_model(cfg)
-    DetectionCheckpointer(model).load(weights)
+    SafeCheckpointer(model).load(weights)
     metrics = evaluate_split(cfg, model, dataset, out)
     metrics["weights"] = weights
     save_results(metrics, done)

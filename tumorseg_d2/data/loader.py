@@ -19,7 +19,8 @@ import operator
 
 import numpy as np
 import torch
-from detectron2.data import DatasetFromList, DatasetMapper, get_detection_dataset_dicts
+from detectron2.data import (DatasetFromList, DatasetMapper, build_detection_test_loader,
+                             get_detection_dataset_dicts)
 from detectron2.data.common import AspectRatioGroupedDataset, ToIterableDataset
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -148,3 +149,27 @@ class TrainingState(HookBase):
     def load_state_dict(self, state):
         set_rng_state(state["rng"])
         self.stream.seed = state["data_seed"]
+
+
+class NamingMapper:
+    """A mapper whose read errors name the image: evaluation stops on an unreadable image, since
+    skipping it would change the figures."""
+
+    def __init__(self, mapper):
+        self.mapper = mapper
+
+    def __call__(self, record):
+        try:
+            return self.mapper(record)
+        except Exception as e:  # noqa: BLE001 - decoders raise many types
+            raise RuntimeError(
+                f"Cannot read evaluation image {record.get('file_name')} ({type(e).__name__}: {e}). "
+                "Evaluation stops rather than skip it, which would change the figures. Run "
+                "tools/check_dataset.py on the split to find every bad file; --fix writes a copy "
+                "without them.") from e
+
+
+def build_test_loader(cfg, dataset_name):
+    """Detectron2's test loader, with read errors that name the image."""
+    return build_detection_test_loader(cfg, dataset_name,
+                                       mapper=NamingMapper(DatasetMapper(cfg, False)))

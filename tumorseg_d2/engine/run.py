@@ -4,12 +4,11 @@ import os
 import tempfile
 
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..checkpoint import resolve_weights
+from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..config import get_tumorseg_cfg, merge_config, validate_config
 from ..data import register_tumorseg
 from ..data.check import check_at_start
@@ -59,7 +58,7 @@ def final_weights(output_dir):
         path = os.path.join(output_dir, name)
         if os.path.isfile(path):
             return path
-    return DetectionCheckpointer(None, save_dir=output_dir).get_checkpoint_file()
+    return SafeCheckpointer(None, save_dir=output_dir).get_checkpoint_file()
 
 
 def main(args):
@@ -74,7 +73,7 @@ def train_and_test(cfg, args):
             raise ValueError("--eval-only needs weights to evaluate: add MODEL.WEIGHTS <checkpoint>, "
                              "e.g. output/model_best.pth.")
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
             resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -88,7 +87,7 @@ def train_and_test(cfg, args):
     weights = final_weights(cfg.OUTPUT_DIR)
     logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
     model = trainer.model
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
     if comm.get_world_size() > 1:
         comm.synchronize()
     return Trainer.test(cfg, model)

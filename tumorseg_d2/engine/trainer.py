@@ -13,8 +13,8 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from ..checkpoint import AtomicCheckpointer, resolve_weights
-from ..data.loader import TrainingState, build_resumable_train_loader
+from ..checkpoint import SafeCheckpointer, resolve_weights
+from ..data.loader import TrainingState, build_resumable_train_loader, build_test_loader
 from ..evaluation import TumorCOCOEvaluator, format_results, save_results
 from ..rng import preserve_rng
 from .hooks import EarlyStopping, ValidationLoss
@@ -59,6 +59,10 @@ class Trainer(DefaultTrainer):
         seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
         return build_resumable_train_loader(cfg, seed)
 
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_test_loader(cfg, dataset_name)
+
     @property
     def data_stream(self):
         return getattr(self._trainer.data_loader, "stream", None)
@@ -91,7 +95,7 @@ class Trainer(DefaultTrainer):
         cfg = self.cfg
         # DefaultTrainer.__init__ made its checkpointer just before calling this method; the hooks
         # built here save through it, so make its writes atomic first.
-        self.checkpointer = AtomicCheckpointer.like(self.checkpointer)
+        self.checkpointer = SafeCheckpointer.like(self.checkpointer)
         ret = super().build_hooks()
         if self.data_stream is not None:
             ret.insert(0, TrainingState(self.data_stream))
