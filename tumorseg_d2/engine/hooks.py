@@ -8,6 +8,7 @@ from detectron2.data import transforms as T
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from ..data.loader import NamingMapper
 from ..rng import preserve_rng
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ def validation_loader(cfg, dataset_name):
         cfg, is_train=True,
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
     )
-    return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+    return build_detection_test_loader(cfg, dataset_name, mapper=NamingMapper(mapper))
 
 
 @torch.no_grad()

@@ -1,5 +1,6 @@
 """The tumorseg-d2 trainer: Detectron2's DefaultTrainer with Adam/AdamW, validation-driven
-checkpoint selection, validation loss, early stopping, and weights that fail fast when missing."""
+checkpoint selection, validation loss, early stopping, weights that fail fast when missing, atomic
+checkpoints and a --resume that continues exactly (optimizer, schedule, random state, data order)."""
 import logging
 import os
 import re
@@ -173,7 +174,6 @@ class Trainer(DefaultTrainer):
                 raise
             finally:
                 self.after_train()
-
 
     def _diverged_message(self, error):
         bad = re.findall(r"'(\w+)': (?:nan|-?inf)", str(error)) or ["total_loss"]
