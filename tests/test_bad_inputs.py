@@ -172,3 +172,16 @@ def test_unreadable_evaluation_image_stops_with_its_name(tmp_path, phantom_root)
                     "OUTPUT_DIR", str(tmp_path / "eval"))
     assert proc.returncode != 0
     assert f"Cannot read evaluation image {bad}" in proc.stderr
+
+
+def test_backbone_only_weights_still_load():
+    """The architecture check must not refuse an ImageNet-style backbone initialisation."""
+    from tumorseg_d2.checkpoint import SafeCheckpointer
+
+    cfg = merge_config(get_tumorseg_cfg(), RECIPE_CFG, ["MODEL.DEVICE", "cpu"])
+    source, target = Trainer.build_model(cfg), Trainer.build_model(cfg)
+    backbone = {k: v for k, v in source.state_dict().items() if k.startswith("backbone.bottom_up")}
+    incompatible = SafeCheckpointer(target)._load_model({"model": backbone, "__author__": "test"})
+    assert incompatible.missing_keys  # FPN and heads stay as initialised
+    assert torch.equal(target.state_dict()["backbone.bottom_up.stem.conv1.weight"],
+                       backbone["backbone.bottom_up.stem.conv1.weight"])
