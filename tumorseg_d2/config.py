@@ -57,9 +57,12 @@ def validate_config(cfg):
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.EVAL_PERIOD > 0.")
 
 
-def _all_keys(node, prefix=""):
+def flatten(node, prefix=""):
+    """{"SOLVER.BASE_LR": 0.001, ...}: every leaf of a config."""
+    flat = {}
     for k, v in node.items():
-        yield from _all_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+        flat.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return flat
 
 
 def merge_config(cfg, config_file=None, opts=()):
@@ -82,7 +85,7 @@ def merge_config(cfg, config_file=None, opts=()):
         if not found:
             raise
         key = found.group(1)
-        near = difflib.get_close_matches(key, list(_all_keys(cfg)), n=3)
+        near = difflib.get_close_matches(key, list(flatten(cfg)), n=3)
         source = f"config file {config_file}" if config_file else "command line overrides"
         raise ValueError(
             f"Unknown config key {key} (in {source} or a file it includes). "

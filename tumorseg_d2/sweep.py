@@ -24,6 +24,7 @@ from detectron2.utils.env import seed_all_rng
 from fvcore.common.config import CfgNode
 
 from .checkpoint import SafeCheckpointer
+from .config import flatten
 from .data import register_tumorseg
 from .engine.hooks import EarlyStopping, ValidationLoss, validation_loader, validation_losses
 from .engine.schedule import LENGTH_INDEPENDENT
@@ -465,16 +466,7 @@ def remember_sweep(cfg, output):
 
 def _comparable(cfg):
     """The config flattened, without what varies per trial or does not change results."""
-    flat = {}
-
-    def walk(node, prefix=""):
-        for k, v in node.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk(cfg)
+    flat = flatten(cfg)
     for key in ("OUTPUT_DIR", "SOLVER.BASE_LR", "SOLVER.MAX_ITER", "MODEL.DEVICE",
                 "DATALOADER.NUM_WORKERS", "DATASETS.TUMORSEG_ROOT"):
         flat.pop(key, None)

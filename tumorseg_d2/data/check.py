@@ -77,6 +77,13 @@ def polygon_area(flat):
     return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
 
 
+def polygon_bounds(polygons):
+    """[x, y, w, h] of the points of one or several flat polygons."""
+    xs = [x for p in polygons for x in p[0::2]]
+    ys = [y for p in polygons for y in p[1::2]]
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
 def is_box_rectangle(polygon, bbox, tol=GEOMETRY_TOLERANCE):
     """True when a polygon is the 4 corners of its bounding box (no real outline), open or closed
     (last point repeating the first)."""
@@ -101,11 +108,10 @@ def annotation_problems(ann, image):
         return [("error", "no_geometry", "neither bbox nor segmentation")]
     if isinstance(seg, list) and any(len(p) < 6 for p in polygons):
         problems.append(("error", "degenerate_polygon", "polygon with fewer than 3 points"))
-    points = [c for p in polygons if len(p) >= 6 for c in p]
-    if points:
-        xs, ys = points[0::2], points[1::2]
-        bounds = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
-        if sum(polygon_area(p) for p in polygons if len(p) >= 6) <= 0:
+    valid = [p for p in polygons if len(p) >= 6]
+    if valid:
+        bounds = polygon_bounds(valid)
+        if sum(polygon_area(p) for p in valid) <= 0:
             problems.append(("error", "zero_area", "polygon area 0"))
     else:
         bounds = bbox
@@ -115,7 +121,7 @@ def annotation_problems(ann, image):
             problems.append(("error", "zero_area", f"bbox {bbox}"))
         elif min(w, h) < TINY_BOX_SIDE:
             problems.append(("warning", "tiny_box", f"bbox {w:g} x {h:g} px"))
-        if points and max(abs(a - b) for a, b in zip(bbox, bounds)) > GEOMETRY_TOLERANCE:
+        if valid and max(abs(a - b) for a, b in zip(bbox, bounds)) > GEOMETRY_TOLERANCE:
             problems.append(("warning", "bbox_polygon_mismatch",
                              f"bbox {bbox} vs polygon bounds {[round(v, 1) for v in bounds]}"))
     if bounds and image.get("width") and image.get("height"):

@@ -7,17 +7,12 @@ import copy
 import os
 import shutil
 
-from .check import (GEOMETRY_TOLERANCE, TINY_BOX_SIDE, annotation_problems, polygon_area)
+from .check import (GEOMETRY_TOLERANCE, TINY_BOX_SIDE, annotation_problems, polygon_area,
+                    polygon_bounds)
 
 
 def _clip_polygon(polygon, width, height):
     return [min(max(v, 0.0), float(width if i % 2 == 0 else height)) for i, v in enumerate(polygon)]
-
-
-def _bounds(polygons):
-    xs = [x for p in polygons for x in p[0::2]]
-    ys = [y for p in polygons for y in p[1::2]]
-    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
 
 
 def exact_copies(details, order=("train", "valid", "test")):
@@ -81,7 +76,7 @@ def fix_annotation(ann, image, log):
             polygons = [_clip_polygon(p, image["width"], image["height"]) for p in polygons]
             log("clip", where, f"to the {image['width']}x{image['height']} image")
         ann["segmentation"] = polygons
-        bounds = _bounds(polygons)
+        bounds = polygon_bounds(polygons)
         if not ann.get("bbox") or max(abs(a - b) for a, b in zip(ann["bbox"], bounds)) \
                 > GEOMETRY_TOLERANCE or "outside_image" in codes:
             log("set bbox", where, f"{ann.get('bbox')} -> polygon bounds "
