@@ -93,17 +93,26 @@ def test_predict_cli_skips_bad_files_keeps_the_rest_and_fails_at_the_end(model_a
         assert any(name in line and problem in line for line in proc.stderr.splitlines()), name
 
 
+def save_scratch_checkpoint(path):
+    """A freshly initialised R18 (scratch config) model saved as a checkpoint."""
+    model = Trainer.build_model(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.DEVICE", "cpu"]))
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def eval_only(config, root, weights, out):
+    return run_tool("train_net.py", "--config-file", config, "--eval-only", *TINY,
+                    "DATASETS.TUMORSEG_ROOT", str(root), "MODEL.WEIGHTS", str(weights),
+                    "OUTPUT_DIR", str(out))
+
+
 def test_weights_that_are_not_a_checkpoint(phantom_root, tmp_path):
     truncated, garbage = tmp_path / "truncated.pth", tmp_path / "garbage.pth"
-    model = Trainer.build_model(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.DEVICE", "cpu"]))
-    torch.save({"model": model.state_dict()}, tmp_path / "good.pth")
-    data = (tmp_path / "good.pth").read_bytes()
+    data = save_scratch_checkpoint(tmp_path / "good.pth").read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
     garbage.write_bytes(os.urandom(4096))
     for path in (truncated, garbage):
-        proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, "--eval-only", *TINY,
-                        "DATASETS.TUMORSEG_ROOT", phantom_root, "MODEL.WEIGHTS", str(path),
-                        "OUTPUT_DIR", str(tmp_path / "eval"))
+        proc = eval_only(SCRATCH_CFG, phantom_root, path, tmp_path / "eval")
         assert proc.returncode != 0
         assert f"Weights file {path} cannot be read" in proc.stderr
         assert "truncated or not a PyTorch" in proc.stderr
@@ -112,12 +121,8 @@ def test_weights_that_are_not_a_checkpoint(phantom_root, tmp_path):
 def test_weights_for_another_architecture(phantom_root, tmp_path):
     """An R18 checkpoint given to the R50 recipe: Detectron2 would skip every mismatched weight
     with a warning and evaluate a random model; here it is an error."""
-    model = Trainer.build_model(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.DEVICE", "cpu"]))
-    path = tmp_path / "r18.pth"
-    torch.save({"model": model.state_dict()}, path)
-    proc = run_tool("train_net.py", "--config-file", RECIPE_CFG, "--eval-only", *TINY,
-                    "DATASETS.TUMORSEG_ROOT", phantom_root, "MODEL.WEIGHTS", str(path),
-                    "OUTPUT_DIR", str(tmp_path / "eval"))
+    path = save_scratch_checkpoint(tmp_path / "r18.pth")
+    proc = eval_only(RECIPE_CFG, phantom_root, path, tmp_path / "eval")
     assert proc.returncode != 0
     assert f"Weights file {path} does not fit this model" in proc.stderr
     assert "Use the config it was trained with" in proc.stderr
@@ -165,11 +170,8 @@ def test_unreadable_evaluation_image_stops_with_its_name(tmp_path, phantom_root)
     coco = json.load(open(root / "test" / "_annotations.coco.json"))
     bad = root / "test" / coco["images"][0]["file_name"]
     bad.write_bytes(bad.read_bytes()[:200])
-    model = Trainer.build_model(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.DEVICE", "cpu"]))
-    torch.save({"model": model.state_dict()}, tmp_path / "w.pth")
-    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, "--eval-only", *TINY,
-                    "DATASETS.TUMORSEG_ROOT", str(root), "MODEL.WEIGHTS", str(tmp_path / "w.pth"),
-                    "OUTPUT_DIR", str(tmp_path / "eval"))
+    weights = save_scratch_checkpoint(tmp_path / "w.pth")
+    proc = eval_only(SCRATCH_CFG, root, weights, tmp_path / "eval")
     assert proc.returncode != 0
     assert f"Cannot read evaluation image {bad}" in proc.stderr
 
