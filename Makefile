@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tumorseg-env
 
-.PHONY: env demo test clean-env
+.PHONY: env demo test baselines clean-env
 
 env: $(STAMP)
 
@@ -23,6 +23,14 @@ demo: env
 
 test: env
 	$(PY) -m pytest tests $(ARGS)
+
+# The baselines table (README "Baselines"): train each CPU config (finished runs are skipped,
+# interrupted ones resumed), then compare them on the test split.
+BASELINES := encoder_decoder_2level_cpu encoder_decoder_3level_cpu residual_encoder_decoder_cpu \
+	unet_cpu mask_rcnn_R_18_FPN_256_bs1_cpu
+baselines: env
+	$(PY) tools/compare.py --train $(BASELINES:%=configs/baselines/%.yaml) \
+		--output output/baselines $(ARGS)
 
 clean-env:
 	rm -rf $(VENV)

@@ -17,9 +17,10 @@ import time
 import numpy as np
 from detectron2.data import DatasetCatalog
 
+from tumorseg_d2.clinical import to_prediction
 from tumorseg_d2.data import dataset_name, register_tumorseg
 from tumorseg_d2.evaluation import GroundTruthModel
-from tumorseg_d2.report import evaluate_predictions, to_prediction
+from tumorseg_d2.report import evaluate_predictions
 
 
 def jittered_predictions(name, seed=0):

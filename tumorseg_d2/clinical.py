@@ -19,12 +19,26 @@ Definitions (also written into the report):
   non-empty.
 """
 import numpy as np
+from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from detectron2.structures import BoxMode, polygons_to_bitmask
 from pycocotools import mask as mask_util
 
 from . import metrics as M
 
 MATCH_IOU = 0.5
+
+
+def to_prediction(image_id, instances):
+    """A model's Instances (on the CPU, in image pixels) as a prediction dict of this module."""
+    rles = [r["segmentation"] for r in instances_to_coco_json(instances, image_id)] \
+        if instances.has("pred_masks") else []
+    return {
+        "image_id": image_id,
+        "boxes": instances.pred_boxes.tensor.numpy().astype(float),
+        "scores": instances.scores.numpy().astype(float),
+        "classes": instances.pred_classes.numpy().astype(int),
+        "rles": rles,
+    }
 
 
 def truth_instances(record, cls=None):

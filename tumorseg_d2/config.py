@@ -3,7 +3,10 @@ import difflib
 import os
 import re
 
+from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+from .modeling.pixel_seg import LOSSES  # also registers the pixel-segmentation meta-architectures
 
 OPTIMIZERS = ("SGD", "ADAM", "ADAMW")
 
@@ -30,6 +33,13 @@ def add_tumorseg_config(cfg):
     cfg.TEST.BEST_MODE = "max"
     # Stop when BEST_METRIC has not improved for this many evaluations (0: never).
     cfg.TEST.EARLY_STOP_PATIENCE = 0
+    # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
+    cfg.MODEL.PIXEL_SEG = CN()
+    cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S grayscale
+    cfg.MODEL.PIXEL_SEG.LOSS = "BCE"  # "BCE", "DICE" or "BCE+DICE"
+    cfg.MODEL.PIXEL_SEG.THRESHOLD = 0.5  # probability at and above which a pixel is tumor
+    cfg.MODEL.PIXEL_SEG.MIN_AREA = 0  # components smaller than this (pixels, input size) dropped
+    cfg.MODEL.PIXEL_SEG.DROPOUT = 0.1  # U-Net
 
 
 def get_tumorseg_cfg():
@@ -49,6 +59,8 @@ def validate_config(cfg):
             raise ValueError(f"{key} is {value}; it must be positive.")
     if cfg.DATASETS.CHECK not in ("refuse", "warn", "off"):
         raise ValueError(f"DATASETS.CHECK is {cfg.DATASETS.CHECK!r}; use 'refuse', 'warn' or 'off'.")
+    if cfg.MODEL.PIXEL_SEG.LOSS.upper() not in LOSSES:
+        raise ValueError(f"MODEL.PIXEL_SEG.LOSS is {cfg.MODEL.PIXEL_SEG.LOSS!r}; use one of {LOSSES}.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):
         raise ValueError(f"TEST.BEST_MODE is {cfg.TEST.BEST_MODE!r}; use 'max' or 'min'.")
     if cfg.TEST.EARLY_STOP_PATIENCE and not cfg.TEST.BEST_METRIC:

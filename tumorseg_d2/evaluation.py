@@ -6,10 +6,12 @@ import os
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.structures import Boxes, Instances
+from detectron2.utils import comm
 from tabulate import tabulate
 
+from . import clinical
 from .clinical import truth_instances
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -61,6 +63,33 @@ class TumorCOCOEvaluator(COCOEvaluator):
         return results
 
 
+class OverlapEvaluator(DatasetEvaluator):
+    """Dice and IoU (mean per image with a tumor) and lesion sensitivity at a score threshold, in %
+    (definitions: tumorseg_d2/clinical.py), as ``results["overlap"]``. Trainer validation adds
+    it to COCO AP, so that checkpoints and early stopping can follow ``overlap/Dice``."""
+
+    def __init__(self, dataset_name, threshold=0.5):
+        self._dataset_name, self._threshold = dataset_name, threshold
+        self._preds = []
+
+    def reset(self):
+        self._preds = []
+
+    def process(self, inputs, outputs):
+        for x, out in zip(inputs, outputs):
+            self._preds.append(clinical.to_prediction(x["image_id"], out["instances"].to("cpu")))
+
+    def evaluate(self):
+        preds = [p for part in comm.gather(self._preds) for p in part]
+        if not comm.is_main_process():
+            return {}
+        rows = clinical.rows_for(preds, DatasetCatalog.get(self._dataset_name), self._threshold)
+        summary = clinical.summarize(rows)
+        return {"overlap": {"Dice": 100 * summary["dice_mean_per_image"],
+                            "IoU": 100 * summary["iou_mean_per_image"],
+                            "sensitivity": 100 * summary["sensitivity"]}}
+
+
 def no_detection_scores(coco_gt, metrics=METRICS, cat_ids=None):
     """Every figure when there are no detections at all: 0 where the figure has ground truth
     (nothing is recalled), NaN where it has none (e.g. APs without small tumors)."""
@@ -104,8 +133,10 @@ def format_per_class(results, class_names):
 
 def format_results(results):
     """Markdown table of {task: {metric: value}} with one row per task and class."""
-    rows = []
+    rows, overlap = [], results.get("overlap")
     for task, res in results.items():
+        if task == "overlap":
+            continue
         rows.append([task, "all"] + [res.get(m, float("nan")) for m in METRICS])
         classes = sorted({k.split("-", 1)[1] for k in res if k.startswith("AP50-")})
         for name in classes:
@@ -115,6 +146,9 @@ def format_results(results):
     if any(isinstance(v, float) and math.isnan(v) for row in rows for v in row):
         table += ("\nnan: no ground truth of that class or size in the split (APs: area < 32^2 px, "
                   "APm: 32^2-96^2, APl: > 96^2), so the figure is undefined.")
+    if overlap:
+        table += "\nAt score >= 0.5: " + ", ".join(f"{k} {v:.2f}%" for k, v in overlap.items()) \
+            + " (Dice and IoU: mean per image with a tumor; sensitivity: tumors found)."
     return table
 
 

@@ -150,9 +150,14 @@ class BatchPredictor:
         if bad and self.on_error == "raise":
             raise InputImageError(bad[0]["error"])
         good = [x for x in batch if "error" not in x]
-        raw = iter(self.model.inference(good, do_postprocess=False) if good else [])
+        # Pixel-segmentation models give instances and the probability map at the input's size;
+        # Mask R-CNN's raw output keeps the soft masks that make its probability map.
+        pixel_model = getattr(self.model, "returns_probability_map", False)
+        raw = iter((self.model(good) if pixel_model else
+                    self.model.inference(good, do_postprocess=False)) if good else [])
+        result = self._pixel_result if pixel_model else self._result
         return [{"error": x["error"]} if "error" in x else
-                self._result(next(raw), x, masks, probability) for x in batch]
+                result(next(raw), x, masks, probability) for x in batch]
 
     def __call__(self, images, masks="rle", probability=False):
         """Results in input order: dicts of boxes (N, 4) XYXY in input pixels, scores, classes
@@ -169,16 +174,30 @@ class BatchPredictor:
         if probability:  # carried through postprocessing, which may drop empty boxes
             raw.soft_masks = raw.pred_masks[:, 0]
         inst = detector_postprocess(raw, h, w).to("cpu")
-        result = {"boxes": inst.pred_boxes.tensor.numpy(), "scores": inst.scores.numpy(),
-                  "classes": inst.pred_classes.numpy(), "height": h, "width": w}
-        if masks == "array":
-            result["masks"] = inst.pred_masks.numpy()
-        elif masks == "rle":
-            result["masks"] = [mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-                               for m in inst.pred_masks.numpy()]
+        result = _package(inst, masks)
         if probability:
             # threshold < 0: paste the soft masks as uint8 0-255 instead of binarizing them.
             soft = paste_masks_in_image(inst.soft_masks, inst.pred_boxes, (h, w), threshold=-1)
             result["probability"] = (soft.max(dim=0).values.numpy().astype(np.float32) / 255
                                      if len(soft) else np.zeros((h, w), np.float32))
         return result
+
+    @staticmethod
+    def _pixel_result(out, x, masks, probability):
+        result = _package(out["instances"].to("cpu"), masks)
+        if probability:
+            result["probability"] = out["probability"].numpy().astype(np.float32)
+        return result
+
+
+def _package(inst, masks):
+    """The result dict of postprocessed Instances (on the CPU, in input pixels)."""
+    h, w = inst.image_size
+    result = {"boxes": inst.pred_boxes.tensor.numpy(), "scores": inst.scores.numpy(),
+              "classes": inst.pred_classes.numpy(), "height": h, "width": w}
+    if masks == "array":
+        result["masks"] = inst.pred_masks.numpy()
+    elif masks == "rle":
+        result["masks"] = [mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+                           for m in inst.pred_masks.numpy()]
+    return result

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
 from . import clinical
+from .clinical import to_prediction
 from .data.loader import build_test_loader
 from .evaluation import METRICS, no_detection_scores, per_class_metrics, save_results
 from .plots import write_plots
@@ -36,18 +36,6 @@ def predict(cfg, model, dataset_name):
             for x, out in zip(inputs, model(inputs)):
                 preds.append(to_prediction(x["image_id"], out["instances"].to("cpu")))
     return preds
-
-
-def to_prediction(image_id, instances):
-    rles = [r["segmentation"] for r in instances_to_coco_json(instances, image_id)] \
-        if instances.has("pred_masks") else []
-    return {
-        "image_id": image_id,
-        "boxes": instances.pred_boxes.tensor.numpy().astype(float),
-        "scores": instances.scores.numpy().astype(float),
-        "classes": instances.pred_classes.numpy().astype(int),
-        "rles": rles,
-    }
 
 
 def to_coco_results(preds, dataset_name):

@@ -1,7 +1,9 @@
 """What tools/train_net.py runs: config set-up, training, and evaluation on the test split."""
+import json
 import logging
 import os
 import tempfile
+import time
 
 import torch
 from detectron2.engine import default_setup
@@ -61,6 +63,27 @@ def final_weights(output_dir):
     return SafeCheckpointer(None, save_dir=output_dir).get_checkpoint_file()
 
 
+def write_training_summary(cfg, trainer, seconds):
+    """OUTPUT_DIR/training_summary.json: wall seconds of training (summed over the sessions of a
+    resumed run), iterations, images per second and trainable parameters; tools/compare.py reads
+    it."""
+    path = os.path.join(cfg.OUTPUT_DIR, "training_summary.json")
+    if trainer.start_iter > 0 and os.path.isfile(path):
+        with open(path) as f:
+            seconds += json.load(f)["seconds"]
+    # Trainer.train leaves iter at MAX_ITER when the run completes, at the last one run when a hook
+    # (early stopping) ended it.
+    iterations = trainer.iter + (1 if trainer.iter < trainer.max_iter else 0)
+    summary = {
+        "seconds": round(seconds, 1), "iterations": iterations,
+        "images_per_second": round(iterations * cfg.SOLVER.IMS_PER_BATCH / max(seconds, 1e-9), 3),
+        "parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
 def main(args):
     return train_and_test(setup(args), args)
 
@@ -80,7 +103,10 @@ def train_and_test(cfg, args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
+    start = time.perf_counter()
     trainer.train()
+    if comm.is_main_process():
+        write_training_summary(cfg, trainer, time.perf_counter() - start)
     if not cfg.DATASETS.TEST:
         return None
     # Report on the test split with the checkpoint chosen on validation (never on test).

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..data.loader import TrainingState, build_resumable_train_loader, build_test_loader
-from ..evaluation import TumorCOCOEvaluator, format_results, save_results
+from ..evaluation import OverlapEvaluator, TumorCOCOEvaluator, format_results, save_results
 from ..rng import preserve_rng
 from .hooks import EarlyStopping, ValidationLoss
 from .schedule import build_lr_scheduler
@@ -75,8 +76,10 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
-        return TumorCOCOEvaluator(dataset_name, output_folder, tasks=tasks)
+        if not cfg.MODEL.MASK_ON:
+            return TumorCOCOEvaluator(dataset_name, output_folder, tasks=("bbox",))
+        return DatasetEvaluators([TumorCOCOEvaluator(dataset_name, output_folder),
+                                  OverlapEvaluator(dataset_name)])
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

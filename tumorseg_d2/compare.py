@@ -1,0 +1,256 @@
+"""Side-by-side comparison of trained runs on one split: one table, one figure.
+
+    python tools/compare.py RUN_DIR [RUN_DIR ...] [--output DIR] [--split test]
+    python tools/compare.py --train CONFIG [CONFIG ...] --output DIR [KEY VALUE ...]
+
+A run is an OUTPUT_DIR of tools/train_net.py (its config.yaml, checkpoints and
+training_summary.json). ``--train`` first trains each config into ``DIR/<config name>`` with
+tools/train_net.py (KEY VALUE overrides apply to every config), skipping runs that finished and
+resuming runs that were interrupted. Each run's checkpoint (model_best.pth, else the last) is
+evaluated on the split by the same code as tools/evaluate.py, at the same score threshold.
+
+Outputs in DIR: ``compare.md`` and ``compare.csv`` (model, parameters, training time, inference
+seconds per image, class-agnostic bbox AP / AP50, Dice, IoU, pixel precision / recall / F1,
+per-image sensitivity), ``compare.png`` (the same images under each model) and each run's full
+evaluation in ``DIR/evaluation/<run>/``.
+"""
+import argparse
+import csv
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from pycocotools import mask as mask_util
+
+from . import clinical
+from .checkpoint import SafeCheckpointer
+from .config import get_tumorseg_cfg, merge_config
+from .data import register_tumorseg
+from .engine.run import final_weights
+from .engine.trainer import Trainer
+from .evaluate import dataset_for
+from .report import evaluate_predictions, fmt_value, markdown_table, predict
+from .visualize import draw_overlay, save_rgb, titled
+
+logger = logging.getLogger("tumorseg_d2")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (column, key in the row, percent?) of compare.md, in order.
+COLUMNS = [
+    ("model", "model", False), ("run", "run", False), ("parameters", "parameters", False),
+    ("training (min)", "training_minutes", False), ("inference (s/image)", "seconds_per_image", False),
+    ("bbox AP", "bbox_AP", True), ("bbox AP50", "bbox_AP50", True), ("Dice", "dice", False),
+    ("IoU", "iou", False), ("pixel precision", "pixel_precision", False),
+    ("pixel recall", "pixel_recall", False), ("pixel F1", "pixel_f1", False),
+    ("per-image sensitivity", "slice_sensitivity", False),
+]
+
+
+# ---------------------------------------------------------------- training
+def train_runs(configs, output, opts=()):
+    """Train each config into ``output/<config name>`` with tools/train_net.py; returns the run
+    folders. A run with training_summary.json is done; one with a checkpoint is resumed."""
+    runs = []
+    for config in configs:
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"--train {config} does not exist; the baseline configs are in "
+                                    "configs/baselines/.")
+        run = os.path.join(output, os.path.splitext(os.path.basename(config))[0])
+        runs.append(run)
+        if os.path.isfile(os.path.join(run, "training_summary.json")):
+            logger.info(f"{run}: trained already (training_summary.json); not retrained.")
+            continue
+        resume = os.path.isfile(os.path.join(run, "last_checkpoint"))
+        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
+               *(["--resume"] if resume else []), "OUTPUT_DIR", run, *opts]
+        logger.info(("Resuming" if resume else "Training") + f" {config} into {run}")
+        os.makedirs(run, exist_ok=True)
+        with open(os.path.join(run, "train_stdout.log"), "a") as log:
+            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
+                raise RuntimeError(f"Training {config} failed; its output is in "
+                                   f"{os.path.join(run, 'train_stdout.log')}. Rerun the same "
+                                   "command to resume it once fixed.")
+    return runs
+
+
+# ---------------------------------------------------------------- one run
+def run_config(run, opts=()):
+    """The config a run was trained with (its config.yaml), on the CPU if there is no GPU."""
+    path = os.path.join(run, "config.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: {run} is not a tools/train_net.py output "
+                                "folder (OUTPUT_DIR), or its training never started.")
+    cfg = merge_config(get_tumorseg_cfg(), path, opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def model_name(cfg):
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "GeneralizedRCNN":
+        return f"Mask R-CNN R{cfg.MODEL.RESNETS.DEPTH}-FPN {cfg.INPUT.MIN_SIZE_TEST} px"
+    return f"{arch} {cfg.MODEL.PIXEL_SEG.INPUT_SIZE} px, {cfg.MODEL.PIXEL_SEG.LOSS}"
+
+
+def evaluate_run(run, split, output, threshold, opts=()):
+    """Evaluate a run's chosen checkpoint on ``split``; returns (row, predictions, dataset name)."""
+    cfg = run_config(run, opts)
+    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    name = dataset_for(cfg, split)
+    weights = final_weights(run)
+    if weights is None or not os.path.isfile(weights):
+        raise FileNotFoundError(f"{run} has no checkpoint (model_best.pth, model_final.pth or "
+                                "last_checkpoint): train it first, or rerun with --train.")
+    model = Trainer.build_model(cfg)
+    SafeCheckpointer(model).load(weights)
+    start = time.perf_counter()
+    preds = predict(cfg, model, name)
+    seconds = time.perf_counter() - start
+    folder = os.path.join(output, "evaluation", os.path.basename(os.path.normpath(run)))
+    metrics = evaluate_predictions(preds, name, folder, threshold, "fixed")
+    summary_path = os.path.join(run, "training_summary.json")
+    trained = {}
+    if os.path.isfile(summary_path):
+        with open(summary_path) as f:
+            trained = json.load(f)
+    figures = metrics["clinical"]["all classes"]
+    row = {
+        "model": model_name(cfg), "run": os.path.basename(os.path.normpath(run)),
+        "weights": os.path.basename(weights),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "training_minutes": trained["seconds"] / 60 if "seconds" in trained else None,
+        "iterations": trained.get("iterations"),
+        "seconds_per_image": seconds / max(len(preds), 1),
+        # Class-agnostic: the pixel networks see one class; a two-class Mask R-CNN is scored alike.
+        "bbox_AP": metrics["coco"]["bbox"]["agnostic/AP"],
+        "bbox_AP50": metrics["coco"]["bbox"]["agnostic/AP50"],
+        "dice": figures["dice_mean_per_image"], "iou": figures["iou_mean_per_image"],
+        "pixel_precision": figures["pixel_precision"], "pixel_recall": figures["pixel_recall"],
+        "pixel_f1": figures["pixel_f1"], "slice_sensitivity": figures["slice_sensitivity"],
+        "evaluation": os.path.relpath(os.path.join(folder, "report.md"), output),
+    }
+    return row, preds, name
+
+
+# ---------------------------------------------------------------- outputs
+def write_table(rows, output, split, threshold):
+    with open(os.path.join(output, "compare.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cells = []
+    for r in rows:
+        cells.append([f"{r[k]:,}" if k == "parameters" else
+                      f"{r[k]:.1f}" if k == "training_minutes" and r[k] is not None else
+                      f"{r[k]:.3f}" if k == "seconds_per_image" else
+                      fmt_value(r[k], pct) for _, k, pct in COLUMNS])
+    table = markdown_table([c for c, _, _ in COLUMNS], cells)
+    machine = f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, " \
+              f"{torch.get_num_threads()} threads"
+    text = "\n".join([
+        f"# Comparison on the {split} split", "",
+        table, "",
+        f"bbox AP / AP50: COCO, class-agnostic (any tumor), in %. At score >= {threshold}: Dice and "
+        "IoU are means over the images with a tumor; pixel precision, recall and F1 pool every "
+        "pixel of the split; per-image sensitivity is the share of slices with a tumor on which "
+        "every tumor was found (box IoU >= 0.5). Training: wall minutes (training_summary.json). "
+        "Inference: wall seconds of the evaluation pass (data loading included) per image, batch 1.",
+        f"Machine: {machine}.", "",
+        "Each run's full report (per-class figures, PR curves, HD95): "
+        + ", ".join(f"[{r['run']}]({r['evaluation']})" for r in rows) + ".", ""])
+    with open(os.path.join(output, "compare.md"), "w") as f:
+        f.write(text)
+    return table
+
+
+def figure_images(records, count):
+    """``count`` images spread evenly over the split sorted by file name, with a tumor."""
+    candidates = sorted((r for r in records if r.get("annotations")), key=lambda r: r["file_name"])
+    if not candidates:
+        return []
+    picks = np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int)
+    return [candidates[i]["file_name"] for i in sorted(set(picks))]
+
+
+def write_figure(path, runs, threshold, count=4, tile=256):
+    """compare.png: one row per image (truth, then each run's detections at the threshold)."""
+    files = figure_images(DatasetCatalog.get(runs[0]["dataset"]), count)
+    rows = []
+    for file_name in files:
+        image = read_image(file_name, format="RGB")
+        tiles = []
+        for k, run in enumerate(runs):
+            meta = MetadataCatalog.get(run["dataset"])
+            record = run["records"][file_name]
+            if k == 0:
+                boxes, classes, masks = clinical.truth_instances(record)
+                tiles.append(_tile(draw_overlay(image, boxes, classes, masks, meta.thing_classes,
+                                                meta.thing_colors), "truth", tile))
+            pred = run["preds"][record["image_id"]]
+            keep = pred["scores"] >= threshold
+            masks = [mask_util.decode(r).astype(bool) for r, kk in zip(pred["rles"], keep) if kk]
+            dice = clinical.image_row(pred, record, threshold)["dice"]
+            tiles.append(_tile(draw_overlay(image, pred["boxes"][keep], pred["classes"][keep],
+                                            masks, meta.thing_classes, meta.thing_colors,
+                                            scores=pred["scores"][keep]),
+                               f"{run['row']['run']}  Dice {dice:.2f}", tile))
+        rows.append(np.hstack(tiles))
+    if rows:
+        save_rgb(path, np.vstack(rows))
+    return files
+
+
+def _tile(image, title, size):
+    return titled(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), title)
+
+
+# ---------------------------------------------------------------- command line
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Compare trained runs on one split: a Markdown + CSV "
+                                "table and a figure of the same images under each model.")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="OUTPUT_DIRs of tools/train_net.py")
+    p.add_argument("--train", nargs="+", default=[], metavar="CONFIG",
+                   help="train these configs into OUTPUT/<config name> first (skips finished runs)")
+    p.add_argument("--output", default="output/compare")
+    p.add_argument("--split", default="test")
+    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--images", type=int, default=4, help="images in compare.png")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                   help="KEY VALUE config overrides for every training and evaluation")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.output, exist_ok=True)
+    setup_logger(args.output, name="tumorseg_d2")
+    setup_logger(args.output, name="detectron2", abbrev_name="d2")
+    runs = list(args.runs) + train_runs(args.train, args.output, args.opts)
+    if not runs:
+        raise SystemExit("Nothing to compare: give run folders (OUTPUT_DIRs) or --train CONFIG ...")
+    evaluated = []
+    for run in runs:
+        row, preds, name = evaluate_run(run, args.split, args.output, args.score_threshold,
+                                        args.opts)
+        evaluated.append({"row": row, "dataset": name,
+                          "preds": {p["image_id"]: p for p in preds},
+                          "records": {r["file_name"]: r for r in DatasetCatalog.get(name)}})
+        logger.info(f"{row['run']}: bbox AP50 {row['bbox_AP50']:.2f}, Dice {row['dice']:.3f}")
+    rows = [e["row"] for e in evaluated]
+    table = write_table(rows, args.output, args.split, args.score_threshold)
+    write_figure(os.path.join(args.output, "compare.png"), evaluated, args.score_threshold,
+                 args.images)
+    print(table)
+    print(f"\nTable: {os.path.join(args.output, 'compare.md')} (and .csv); figure: "
+          f"{os.path.join(args.output, 'compare.png')}")
+    return rows
