@@ -38,7 +38,7 @@ def add_tumorseg_config(cfg):
     cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S grayscale
     cfg.MODEL.PIXEL_SEG.LOSS = "BCE"  # "BCE", "DICE" or "BCE+DICE"
     cfg.MODEL.PIXEL_SEG.THRESHOLD = 0.5  # probability at and above which a pixel is tumor
-    cfg.MODEL.PIXEL_SEG.MIN_AREA = 0  # components smaller than this (pixels, input size) dropped
+    cfg.MODEL.PIXEL_SEG.MIN_AREA = 0  # components of fewer pixels (at the slice's size) dropped
     cfg.MODEL.PIXEL_SEG.DROPOUT = 0.1  # U-Net
 
 
