@@ -8,8 +8,8 @@ tools/evaluate.py, tools/visualize.py and the trainer's validation use them unch
 
 At inference the probability map is upsampled to the input's original size and thresholded
 (MODEL.PIXEL_SEG.THRESHOLD); each 8-connected component becomes one instance whose mask is the
-component, whose box is its bounding box and whose score is its mean probability. With MIN_AREA 0 (the
-default) the union of the instances is exactly the thresholded map, so Dice and IoU of the
+component, whose box is its bounding box and whose score is its mean probability. With MIN_AREA 0
+(the default) the union of the instances is exactly the thresholded map, so Dice and IoU of the
 instances are those of the map.
 The networks see no class: they are trained on the class-agnostic datasets (one class, "tumor").
 
