@@ -36,7 +36,7 @@ from . import clinical
 from .checkpoint import SafeCheckpointer
 from .config import get_tumorseg_cfg, merge_config
 from .data import register_tumorseg
-from .engine.run import final_weights
+from .engine.run import final_weights, use_cpu_without_gpu
 from .engine.trainer import Trainer
 from .evaluate import dataset_for
 from .report import evaluate_predictions, fmt_value, markdown_table, predict
@@ -90,8 +90,7 @@ def run_config(run, opts=()):
         raise FileNotFoundError(f"{path} does not exist: {run} is not a tools/train_net.py output "
                                 "folder (OUTPUT_DIR), or its training never started.")
     cfg = merge_config(get_tumorseg_cfg(), path, opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    use_cpu_without_gpu(cfg)
     return cfg
 
 

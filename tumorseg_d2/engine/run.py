@@ -24,9 +24,7 @@ def setup(args, check=None):
     the names to check; default: those the run reads); logging set up."""
     cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
     validate_config(cfg)
-    no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
-    if no_gpu:
-        cfg.MODEL.DEVICE = "cpu"
+    no_gpu = use_cpu_without_gpu(cfg)
     cfg.freeze()
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
     check_num_classes(cfg)
@@ -40,6 +38,14 @@ def setup(args, check=None):
             cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
     check_at_start(check, cfg.DATASETS.CHECK, logger)
     return cfg
+
+
+def use_cpu_without_gpu(cfg):
+    """Set MODEL.DEVICE cpu when it names CUDA and there is no GPU; True when it did."""
+    no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    if no_gpu:
+        cfg.MODEL.DEVICE = "cpu"
+    return no_gpu
 
 
 def check_output_dir(path):
