@@ -69,3 +69,16 @@ def phantom_demo(tmp_path_factory):
                     "SEED", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc
+
+
+@pytest.fixture(scope="session")
+def checkpoint(phantom_demo):
+    """(weights, data root) of the demo's model trained on the phantom."""
+    out, _ = phantom_demo
+    return str(out / "train" / "model_best.pth"), str(out / "phantom" / "tumorseg")
+
+
+def predictor_cfg(weights, opts=()):
+    from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+    return merge_config(get_tumorseg_cfg(), SCRATCH_CFG,
+                        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights, *opts])

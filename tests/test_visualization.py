@@ -5,13 +5,11 @@ import os
 
 import cv2
 import numpy as np
-import pytest
 
-from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.predictor import BatchPredictor
 from tumorseg_d2.visualize import contact_sheet, draw_overlay
 
-from conftest import SCRATCH_CFG, run_tool
+from conftest import SCRATCH_CFG, predictor_cfg, run_tool
 
 COLORS, NAMES = [(255, 64, 64), (64, 160, 255)], ["0", "1"]
 
@@ -50,17 +48,6 @@ def test_contact_sheet_layout():
     assert sheet.shape == (200, 400, 3)
     assert sheet[0, 0, 0] == 10 and sheet[0, 200, 0] == 20 and sheet[100, 0, 0] == 30
     assert sheet[100, 200, 0] == 0  # empty cell
-
-
-@pytest.fixture(scope="module")
-def checkpoint(phantom_demo):
-    out, _ = phantom_demo
-    return str(out / "train" / "model_best.pth"), str(out / "phantom" / "tumorseg")
-
-
-def predictor_cfg(weights):
-    return merge_config(get_tumorseg_cfg(), SCRATCH_CFG,
-                        ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
 
 
 def test_batch_predictor_takes_paths_gray_and_rgb_arrays_of_any_size(checkpoint, monkeypatch):

@@ -28,6 +28,10 @@ def parse_args(argv=None):
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO style)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--backbone-runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="onnxruntime: run ResNet+FPN in ONNX Runtime (README, Performance)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast convolutions and matrix products to bfloat16")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -60,7 +64,8 @@ def main(argv=None):
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     paths = expand_inputs(args.input)
-    predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip")
+    predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
+                               backbone_runtime=args.backbone_runtime, precision=args.precision)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):

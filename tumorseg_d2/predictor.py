@@ -10,7 +10,11 @@ runs on the previous batch. An input that cannot be used (not an image, empty, 1
 channel, too large) raises InputImageError naming it and the fix, or with ``on_error="skip"`` gives
 ``{"error": message}`` in its place while the other inputs are predicted.
 """
+import contextlib
+import copy
+import io
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -27,6 +31,9 @@ from .checkpoint import SafeCheckpointer, resolve_weights
 
 # Guard against decompression bombs: an MRI slice has well under a megapixel.
 DEFAULT_MAX_PIXELS = 64 * 2**20
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 class InputImageError(ValueError):
@@ -126,13 +133,29 @@ class _Images(Dataset):
 class BatchPredictor:
     """Loads ``cfg.MODEL.WEIGHTS`` once; calling it runs batched inference."""
 
-    def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise"):
+    def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
+                 channels_last=True, backbone_runtime="torch"):
+        """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
+        are still decoded in fp32); ``channels_last`` stores the model's convolution weights NHWC
+        (same results; the default, as it was the fastest fp32 setting measured);
+        ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
+        as an ONNX Runtime session exported at start-up. tools/benchmark.py measures each
+        (README, Performance)."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'.")
-        self.on_error = on_error
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision is {precision!r}; use one of {sorted(PRECISIONS)}.")
+        self.on_error, self.precision = on_error, precision
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         SafeCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if backbone_runtime == "onnxruntime":
+            use_onnxruntime_backbone(self.model)
+        elif backbone_runtime != "torch":
+            raise ValueError(f"backbone_runtime is {backbone_runtime!r}; use 'torch' or "
+                             "'onnxruntime'.")
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size, self.num_workers = batch_size, num_workers
 
@@ -153,8 +176,13 @@ class BatchPredictor:
         # Pixel-segmentation models give instances and the probability map at the input's size;
         # Mask R-CNN's raw output keeps the soft masks that make its probability map.
         pixel_model = getattr(self.model, "returns_probability_map", False)
-        raw = iter((self.model(good) if pixel_model else
-                    self.model.inference(good, do_postprocess=False)) if good else [])
+        with torch.autocast(self.model.device.type, dtype=PRECISIONS[self.precision],
+                            enabled=self.precision != "fp32"):
+            raw = list((self.model(good) if pixel_model else
+                        self.model.inference(good, do_postprocess=False)) if good else [])
+        if self.precision != "fp32":
+            raw = [_float32(r) for r in raw]
+        raw = iter(raw)
         result = self._pixel_result if pixel_model else self._result
         return [{"error": x["error"]} if "error" in x else
                 result(next(raw), x, masks, probability) for x in batch]
@@ -174,7 +202,7 @@ class BatchPredictor:
         if probability:  # carried through postprocessing, which may drop empty boxes
             raw.soft_masks = raw.pred_masks[:, 0]
         inst = detector_postprocess(raw, h, w).to("cpu")
-        result = _package(inst, masks)
+        result = instances_to_result(inst, masks)
         if probability:
             # threshold < 0: paste the soft masks as uint8 0-255 instead of binarizing them.
             soft = paste_masks_in_image(inst.soft_masks, inst.pred_boxes, (h, w), threshold=-1)
@@ -184,13 +212,74 @@ class BatchPredictor:
 
     @staticmethod
     def _pixel_result(out, x, masks, probability):
-        result = _package(out["instances"].to("cpu"), masks)
+        result = instances_to_result(out["instances"].to("cpu"), masks)
         if probability:
             result["probability"] = out["probability"].numpy().astype(np.float32)
         return result
 
 
-def _package(inst, masks):
+class _BackboneOutputs(torch.nn.Module):
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images):
+        return tuple(self.backbone(images).values())
+
+
+def use_onnxruntime_backbone(model, threads=None):
+    """Replace ``model.backbone``'s forward by an ONNX Runtime session of it (batch, height and
+    width dynamic); the heads stay in torch. The export traces a copy: tracing may update
+    batch-norm statistics."""
+    import onnxruntime  # imported here: a second of start-up that only this option needs
+
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"backbone_runtime 'onnxruntime' needs a model with a backbone (Mask "
+                         f"R-CNN); {type(model).__name__} has none: use backbone_runtime 'torch'.")
+    names = list(backbone.output_shape())
+    example = torch.zeros(1, 3, 64, 64, device=model.device)
+    buffer = io.BytesIO()
+    with quiet_tracing():
+        torch.onnx.export(_BackboneOutputs(copy.deepcopy(backbone)).eval(), (example,), buffer,
+                          dynamo=False, opset_version=17, input_names=["images"],
+                          output_names=names,
+                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                           providers=["CPUExecutionProvider"])
+
+    def forward(images):
+        outputs = session.run(names, {"images": images.detach().float().cpu().numpy()})
+        return {n: torch.from_numpy(o).to(images.device) for n, o in zip(names, outputs)}
+    backbone.forward = forward
+    return model
+
+
+@contextlib.contextmanager
+def quiet_tracing():
+    with warnings.catch_warnings():  # the tracer warns at every data-dependent shape or branch
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _float32(output):
+    """A model output (Instances, or a dict of Instances and tensors) with fp32 floating fields:
+    numpy and the mask pasting take no bfloat16."""
+    if isinstance(output, dict):
+        return {k: _float32(v) for k, v in output.items()}
+    if isinstance(output, torch.Tensor):
+        return output.float() if output.is_floating_point() else output
+    for name, value in output.get_fields().items():
+        if isinstance(value, torch.Tensor):
+            output.set(name, _float32(value))
+        elif hasattr(value, "tensor"):  # Boxes
+            value.tensor = _float32(value.tensor)
+    return output
+
+
+def instances_to_result(inst, masks):
     """The result dict of postprocessed Instances (on the CPU, in input pixels)."""
     h, w = inst.image_size
     result = {"boxes": inst.pred_boxes.tensor.numpy(), "scores": inst.scores.numpy(),

@@ -1,0 +1,119 @@
+"""tools/benchmark.py and the inference options it measures: what they compute is right (timing
+itself is the benchmark's job, not the tests')."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from tumorseg_d2.benchmark import PeakMemory, inference_variants, model_macs
+from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+from tumorseg_d2.predictor import BatchPredictor
+
+from conftest import CONFIGS, SCRATCH_CFG, TINY, predictor_cfg, run_tool
+
+CPU_RECIPE = os.path.join(CONFIGS, "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml")
+
+
+def box_iou(a, b):
+    lt, rb = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(rb - lt, 0, None))
+    return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+
+def test_onnxruntime_backbone_and_channels_last_give_the_plain_fp32_detections(checkpoint):
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    cfg = predictor_cfg(weights)
+    reference = BatchPredictor(cfg, channels_last=False)(files, masks="array")
+    assert any(len(r["scores"]) for r in reference), "the trained phantom model should detect"
+    for options in ({"backbone_runtime": "onnxruntime", "channels_last": False},
+                    {"channels_last": True}):
+        results = BatchPredictor(cfg, **options)(files, masks="array")
+        for r, ref in zip(results, reference):
+            np.testing.assert_allclose(r["scores"], ref["scores"], atol=1e-3, err_msg=str(options))
+            np.testing.assert_allclose(r["boxes"], ref["boxes"], atol=0.1, err_msg=str(options))
+            assert (r["masks"] != ref["masks"]).mean() < 1e-3, options
+
+
+def test_bf16_finds_the_fp32_tumors(checkpoint):
+    """bfloat16 keeps 8 bits of mantissa: scores and boxes move a little, but every confident
+    fp32 detection is still found at the detection criterion (box IoU >= 0.5)."""
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    cfg = predictor_cfg(weights)
+    pairs = zip(BatchPredictor(cfg)(files), BatchPredictor(cfg, precision="bf16")(files))
+    confident = 0
+    for ref, r in pairs:
+        assert r["boxes"].dtype == np.float32 and r["scores"].dtype == np.float32
+        for box in ref["boxes"][ref["scores"] >= 0.5]:
+            confident += 1
+            assert max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
+    assert confident
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as idle:
+        pass
+    with PeakMemory() as busy:
+        block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+        torch.tensor(0.0)  # let the sampler run
+        import time
+        time.sleep(0.2)
+        del block
+    assert busy.peak_mib - idle.peak_mib > 350
+
+
+def test_model_macs_match_resnet50_fpn_known_cost():
+    """The README's figure: R50-FPN costs about 75 GMAC per 640x640 image in backbone, FPN and
+    RPN (fvcore counts one multiply-add as one flop); 4x the pixels cost about 4x."""
+    cfg = merge_config(get_tumorseg_cfg(), os.path.join(CONFIGS, "Base-TumorSeg-RCNN-FPN.yaml"),
+                       ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "50"])
+    model = build_model(cfg).eval()
+    at_640 = model_macs(model, torch.zeros(3, 640, 640))
+    at_320 = model_macs(model, torch.zeros(3, 320, 320))
+    dense = at_640["backbone"] + at_640["proposal_generator"]
+    assert 65e9 < dense < 85e9, dense / 1e9
+    assert at_640["total"] >= dense + at_640["roi_heads"] - 1 and at_640["roi_heads"] > 0
+    ratio = at_640["backbone"] / at_320["backbone"]
+    assert 3.8 < ratio < 4.2, ratio
+
+
+def test_the_first_variant_is_the_model_zoo_reference():
+    cfg = merge_config(get_tumorseg_cfg(), CPU_RECIPE)
+    (name, first), *rest = inference_variants(cfg)
+    assert first == {"runner": "DefaultPredictor", "size": 800, "max_size": 1333}
+    assert all(settings["size"] == 320 for _, settings in rest)
+
+
+def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
+    weights, root = checkpoint
+    out = tmp_path / "bench"
+    proc = run_tool("benchmark.py", "--output", str(out), "--images", "3", "--repeats", "1",
+                    "--train-iters", "2", "--train-rounds", "1",
+                    "--config-file", SCRATCH_CFG,
+                    "MODEL.WEIGHTS", weights, "DATASETS.TUMORSEG_ROOT", root, *TINY,
+                    "OUTPUT_DIR", str(tmp_path / "unused"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(out / "benchmark.json"))
+    assert set(result) >= {"machine", "limit", "training", "loading", "inference", "evaluation"}
+    assert result["training"]["ratio"] > 0 and result["loading"]["ratio"] > 0
+    assert result["training"]["tumorseg_d2 Trainer"]["iterations_timed"] == 2
+    rows = result["inference"]
+    variants = inference_variants(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, TINY))
+    assert [r["variant"] for r in rows] == [name for name, _ in variants]
+    assert rows[0]["speedup"] == 1.0
+    for r in rows:
+        assert r["images_per_s"] > 0 and r["peak_memory_mib"] > 100
+        assert 0 < r["achieved_over_limit"] < 1.5
+        assert 0 <= r["bbox_AP50"] <= 100
+    # Same weights, same size, same images: the batched fp32 run finds what DefaultPredictor does.
+    by_name = {r["variant"]: r for r in rows}
+    assert by_name["BatchPredictor fp32"]["bbox_AP"] == pytest.approx(
+        by_name["detectron2 DefaultPredictor, config size"]["bbox_AP"], abs=0.5)
+    assert result["evaluation"]["images"] == 3
+    table = open(out / "benchmark.md").read()
+    assert "Ratio tumorseg_d2 / Detectron2" in table and "GFLOP/s" in table

@@ -1,0 +1,458 @@
+"""Benchmarks side by side with plain Detectron2 (tools/benchmark.py): training and data loading
+throughput, batch inference, evaluation time, and the machine's limit. Every figure is the median
+of several runs after a warm-up; each project figure is reported with its ratio to Detectron2's,
+measured in the same run, since absolute times drift on a shared machine and ratios hold."""
+import contextlib
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+
+import numpy as np
+import psutil
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.datasets.coco import convert_to_coco_json
+from detectron2.data.detection_utils import read_image
+from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase
+from detectron2.evaluation import COCOEvaluator, inference_context
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, Instances
+from fvcore.nn import FlopCountAnalysis
+from pycocotools import mask as mask_util
+
+from .checkpoint import SafeCheckpointer, resolve_weights
+from .engine.trainer import Trainer
+from .predictor import BatchPredictor, instances_to_result, quiet_tracing
+from .report import coco_metrics, evaluate_predictions, markdown_table, to_coco_results
+
+logger = logging.getLogger(__name__)
+
+# Detectron2's model-zoo test resize: shortest edge 800 (640x640 slices are upscaled), at most 1333.
+ZOO_MIN_SIZE_TEST, ZOO_MAX_SIZE_TEST = 800, 1333
+
+
+def median_seconds(fn, repeats, warmup=1):
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed ones, and the
+    last call's return value."""
+    for _ in range(warmup):
+        fn()
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+class PeakMemory:
+    """Peak memory (MiB) of this process and its children (DataLoader workers) while the block
+    runs, sampled every 20 ms. PSS (proportional set size): pages the workers share with the main
+    process (torch's libraries, the forked model) are split between them, not counted twice."""
+
+    def __enter__(self):
+        self.peak, self._done = 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        me = psutil.Process()
+        while not self._done.is_set():
+            total = 0
+            with contextlib.suppress(psutil.Error):
+                total = sum(p.memory_full_info().pss
+                            for p in [me] + me.children(recursive=True))
+            self.peak = max(self.peak, total)
+            self._done.wait(0.02)
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self.peak_mib = self.peak / 2**20
+
+
+def machine():
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "bf16_matmul": torch.backends.mkldnn.is_available()}
+
+
+# ---------------------------------------------------------------- the limit
+def matmul_gflops(dtype, n=2048, repeats=5):
+    """Measured (n x n) @ (n x n) throughput in GFLOP/s (2 n^3 floating-point operations)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    seconds, _ = median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
+    return 2 * n**3 / seconds / 1e9
+
+
+class _InferenceOnTensor(torch.nn.Module):
+    """Mask R-CNN inference on one (3, H, W) tensor with tensor outputs, so that fvcore can trace it
+    (Detectron2's own adapter lives in detectron2.export, which needs caffe2)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        inst = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        return inst.pred_boxes.tensor, inst.scores, inst.pred_masks
+
+
+def model_macs(model, image):
+    """Multiply-accumulates of one inference on ``image`` ((3, H, W) at the model's input size),
+    in total and per top-level module, as fvcore counts them (one MAC = 2 FLOPs). ROIAlign and
+    NMS have no counter and are left out; they are a tiny share."""
+    with inference_context(model), torch.no_grad(), quiet_tracing():
+        count = FlopCountAnalysis(_InferenceOnTensor(model), (image,))
+        count.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        by_module = count.by_module()
+        return {"total": count.total(),
+                **{name: by_module.get(f"model.{name}", 0)
+                   for name in ("backbone", "proposal_generator", "roi_heads")}}
+
+
+# ---------------------------------------------------------------- training and loading
+class _StepTimes(HookBase):
+    """Wall time from one iteration's end to the next: the step, data wait and every hook."""
+
+    def __init__(self):
+        self.times = []
+
+    def before_train(self):
+        self._last = time.perf_counter()
+
+    def after_step(self):
+        now = time.perf_counter()
+        self.times.append(now - self._last)
+        self._last = now
+
+
+def training_config(cfg, iters, output_dir):
+    """``cfg`` for timing ``iters`` iterations in both trainers: SGD (DefaultTrainer has no other
+    optimizer), no checkpoints, and no evaluation (DefaultTrainer would test, ours validate)."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.MAX_ITER = iters
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
+    cfg.TEST.EVAL_PERIOD = 0
+    cfg.DATASETS.VAL = ()
+    cfg.DATASETS.TEST = ()
+    cfg.OUTPUT_DIR = output_dir
+    cfg.SEED = 0
+    cfg.freeze()
+    return cfg
+
+
+def training_step_times(trainer_cls, cfg, warmup, iters):
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = trainer_cls(training_config(cfg, warmup + iters, tmp))
+        timer = _StepTimes()
+        trainer.register_hooks([timer])
+        trainer.train()
+        del trainer
+    return timer.times[warmup:]
+
+
+def benchmark_training(cfg, warmup, iters, rounds):
+    """Images/s of our Trainer and Detectron2's DefaultTrainer on the same config, run in
+    alternating order (ABBA...) so drift in the machine's speed affects both alike."""
+    times = {"tumorseg_d2 Trainer": [], "detectron2 DefaultTrainer": []}
+    order = [Trainer, DefaultTrainer]
+    for r in range(rounds):
+        for cls in (order if r % 2 == 0 else order[::-1]):
+            name = "tumorseg_d2 Trainer" if cls is Trainer else "detectron2 DefaultTrainer"
+            logger.info(f"training benchmark: {name}, round {r + 1}/{rounds}")
+            times[name] += training_step_times(cls, cfg, warmup, iters)
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    out = {name: {"seconds_per_iter": statistics.median(t), "images_per_s":
+                  batch / statistics.median(t), "iterations_timed": len(t)}
+           for name, t in times.items()}
+    out["ratio"] = (out["tumorseg_d2 Trainer"]["images_per_s"]
+                    / out["detectron2 DefaultTrainer"]["images_per_s"])
+    out["config"] = {"IMS_PER_BATCH": batch, "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
+                     "optimizer": "SGD", "warmup_iters": warmup, "iters_per_round": iters,
+                     "rounds": rounds}
+    return out
+
+
+def loader_batch_times(loader, warmup, batches):
+    it = iter(loader)
+    for _ in range(warmup):
+        next(it)
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        next(it)
+        times.append(time.perf_counter() - start)
+    del it  # stops the workers
+    return times
+
+
+def benchmark_loading(cfg, warmup, batches):
+    """Images/s the training loaders deliver with nothing else running."""
+    cfg = training_config(cfg, 1, cfg.OUTPUT_DIR)
+    out = {}
+    for name, cls in (("tumorseg_d2 Trainer", Trainer),
+                      ("detectron2 DefaultTrainer", DefaultTrainer)):
+        t = statistics.median(loader_batch_times(cls.build_train_loader(cfg), warmup, batches))
+        out[name] = {"seconds_per_batch": t, "images_per_s": cfg.SOLVER.IMS_PER_BATCH / t}
+    out["ratio"] = (out["tumorseg_d2 Trainer"]["images_per_s"]
+                    / out["detectron2 DefaultTrainer"]["images_per_s"])
+    out["config"] = {"IMS_PER_BATCH": cfg.SOLVER.IMS_PER_BATCH,
+                     "NUM_WORKERS": cfg.DATALOADER.NUM_WORKERS, "warmup_batches": warmup,
+                     "batches": batches}
+    return out
+
+
+# ---------------------------------------------------------------- inference
+def inference_variants(cfg):
+    """(name, settings) of what is timed; the first is the reference: Detectron2's DefaultPredictor
+    with the model-zoo test size, one image at a time, fp32."""
+    size = cfg.INPUT.MIN_SIZE_TEST
+    batch = {"runner": "BatchPredictor", "size": size, "batch": 4, "workers": 2,
+             "channels_last": False}
+    return [
+        ("detectron2 DefaultPredictor, model-zoo size (reference)",
+         {"runner": "DefaultPredictor", "size": ZOO_MIN_SIZE_TEST, "max_size": ZOO_MAX_SIZE_TEST}),
+        ("detectron2 DefaultPredictor, config size",
+         {"runner": "DefaultPredictor", "size": size, "max_size": cfg.INPUT.MAX_SIZE_TEST}),
+        ("BatchPredictor fp32", dict(batch)),
+        ("BatchPredictor fp32 channels-last", dict(batch, channels_last=True)),
+        ("BatchPredictor bf16", dict(batch, precision="bf16")),
+        ("BatchPredictor fp32, ONNX Runtime backbone", dict(batch, backbone_runtime="onnxruntime")),
+    ]
+
+
+def _with_test_size(cfg, size, max_size):
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = size, max_size
+    cfg.freeze()
+    return cfg
+
+
+def default_predictor_runner(cfg, settings):
+    """Detectron2's demo loop: read each file, DefaultPredictor on it."""
+    predictor = DefaultPredictor(_with_test_size(cfg, settings["size"], settings["max_size"]))
+
+    def run(records):
+        return [instances_to_result(predictor(read_image(r["file_name"], "BGR"))["instances"]
+                                    .to("cpu"), "rle") for r in records]
+    return run, predictor.model
+
+
+def batch_predictor_runner(cfg, settings):
+    predictor = BatchPredictor(_with_test_size(cfg, settings["size"], cfg.INPUT.MAX_SIZE_TEST),
+                               batch_size=settings["batch"], num_workers=settings["workers"],
+                               precision=settings.get("precision", "fp32"),
+                               channels_last=settings["channels_last"],
+                               backbone_runtime=settings.get("backbone_runtime", "torch"))
+
+    def run(records):
+        return predictor([r["file_name"] for r in records], masks="rle")
+    return run, predictor.model
+
+
+def as_predictions(results, records):
+    """Runner results (both encode masks as RLE per image, as a user keeping them would) as this
+    package's prediction dicts."""
+    return [{"image_id": r["image_id"], "boxes": p["boxes"], "scores": p["scores"],
+             "classes": p["classes"], "rles": p["masks"]} for r, p in zip(records, results)]
+
+
+def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs_at, limits):
+    """Each variant on the split's images: images/s, s/image, peak memory, COCO AP of its
+    predictions, and achieved GFLOP/s against the measured matmul limit."""
+    records = DatasetCatalog.get(dataset_name)
+    classes = MetadataCatalog.get(dataset_name).thing_classes
+    rows, preds_of = [], {}
+    for name, settings in inference_variants(cfg):
+        logger.info(f"inference benchmark: {name} on {len(records)} images, {repeats} runs")
+        make = default_predictor_runner if settings["runner"] == "DefaultPredictor" \
+            else batch_predictor_runner
+        run, model = make(cfg, settings)
+        run(records[:warmup_images])
+        seconds, results = median_seconds(lambda: run(records), repeats, warmup=0)
+        with PeakMemory() as memory:  # a pass of its own: sampling PSS takes CPU time
+            run(records)
+        preds = as_predictions(results, records)
+        coco, _ = coco_metrics(gt_json, to_coco_results(preds, dataset_name), classes)
+        macs = macs_at(model, settings["size"])
+        precision = settings.get("precision", "fp32")
+        achieved, limit = 2 * macs * len(records) / seconds / 1e9, limits[precision]
+        rows.append({"variant": name, **settings, "precision": precision,
+                     "images_per_s": len(records) / seconds,
+                     "seconds_per_image": seconds / len(records),
+                     "peak_memory_mib": memory.peak_mib,
+                     "bbox_AP": coco["bbox"]["AP"], "bbox_AP50": coco["bbox"]["AP50"],
+                     "segm_AP": coco["segm"]["AP"], "segm_AP50": coco["segm"]["AP50"],
+                     "gmacs_per_image": macs / 1e9, "achieved_gflops": achieved,
+                     "limit_gflops": limit, "achieved_over_limit": achieved / limit})
+        preds_of[name] = preds
+        del run, model
+    reference = rows[0]["images_per_s"]
+    for row in rows:
+        row["speedup"] = row["images_per_s"] / reference
+    return rows, preds_of
+
+
+# ---------------------------------------------------------------- evaluation
+def _instances(pred, height, width):
+    inst = Instances((height, width))
+    inst.pred_boxes = Boxes(torch.as_tensor(np.asarray(pred["boxes"], np.float32).reshape(-1, 4)))
+    inst.scores = torch.as_tensor(np.asarray(pred["scores"], np.float32))
+    inst.pred_classes = torch.as_tensor(np.asarray(pred["classes"], np.int64))
+    masks = mask_util.decode(list(pred["rles"])) if len(pred["rles"]) else \
+        np.zeros((height, width, 0), np.uint8)
+    inst.pred_masks = torch.as_tensor(masks.transpose(2, 0, 1).astype(bool))
+    return inst
+
+
+def run_evaluator(evaluator, inputs, outputs):
+    evaluator.reset()
+    for x, out in zip(inputs, outputs):
+        evaluator.process([x], [out])
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
+        return evaluator.evaluate()
+
+
+def benchmark_evaluation(cfg, dataset_name, preds, repeats):
+    """Seconds to evaluate the split's predictions: Detectron2's COCOEvaluator against ours (COCO
+    AP plus Dice, IoU and sensitivity, as Trainer.test runs it), and the full report of
+    tools/evaluate.py (COCO AP and AR per class and class-agnostic, clinical figures, plots)."""
+    records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
+    inputs = [records[p["image_id"]] for p in preds]
+    outputs = [{"instances": _instances(p, x["height"], x["width"])} for p, x in zip(preds, inputs)]
+    out = {"images": len(preds)}
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluators = {
+            "detectron2 COCOEvaluator": COCOEvaluator(dataset_name, output_dir=tmp,
+                                                                use_fast_impl=False),
+            "tumorseg_d2 Trainer.test evaluators": Trainer.build_evaluator(cfg, dataset_name, tmp),
+        }
+        for name, evaluator in evaluators.items():
+            seconds, _ = median_seconds(lambda: run_evaluator(evaluator, inputs, outputs), repeats)
+            out[name] = {"seconds": seconds}
+        seconds, _ = median_seconds(
+            lambda: evaluate_predictions(preds, dataset_name, tmp, 0.5, "fixed"), repeats)
+        out["tumorseg_d2 full report (tools/evaluate.py)"] = {"seconds": seconds}
+    reference = out["detectron2 COCOEvaluator"]["seconds"]
+    for name in list(evaluators) + ["tumorseg_d2 full report (tools/evaluate.py)"]:
+        out[name]["speed_ratio"] = reference / out[name]["seconds"]
+    return out
+
+
+# ---------------------------------------------------------------- the whole run
+def macs_counter(dataset_name):
+    """MACs of a model on the split's first image resized to a given shortest edge, cached by size
+    (the mask head's share varies a little with the number of detections)."""
+    image = read_image(DatasetCatalog.get(dataset_name)[0]["file_name"], "BGR")
+    cache = {}
+
+    def macs_at(model, size):
+        if size not in cache:
+            resized = T.ResizeShortestEdge(size, 10**4).get_transform(image).apply_image(image)
+            tensor = torch.as_tensor(resized.transpose(2, 0, 1).copy())
+            cache[size] = model_macs(model, tensor)["total"]
+        return cache[size]
+    return macs_at
+
+
+def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8, train_warmup=5,
+                   train_iters=20, train_rounds=2, load_batches=20):
+    """The sections asked for, in order; ``save(result)`` is called after each, so a failure or an
+    interruption keeps what was measured."""
+    result = {"machine": machine(), "dataset": dataset_name, "weights": cfg.MODEL.WEIGHTS or None,
+              "config": {"MIN_SIZE_TEST": cfg.INPUT.MIN_SIZE_TEST,
+                         "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
+                         "backbone_depth": cfg.MODEL.RESNETS.DEPTH}}
+    limits = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    result["limit"] = {"matmul_gflops": limits}
+    model = build_model(cfg).eval()
+    SafeCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+    macs_at = macs_counter(dataset_name)
+    result["limit"]["gmacs_per_image"] = {
+        str(size): macs_at(model, size) / 1e9
+        for size in sorted({cfg.INPUT.MIN_SIZE_TEST, ZOO_MIN_SIZE_TEST})}
+    del model
+    save(result)
+    if "train" in sections:
+        result["training"] = benchmark_training(cfg, train_warmup, train_iters, train_rounds)
+        save(result)
+    if "load" in sections:
+        result["loading"] = benchmark_loading(cfg, 3, load_batches)
+        save(result)
+    if "infer" in sections or "eval" in sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            gt_json = os.path.join(tmp, "gt.json")
+            convert_to_coco_json(dataset_name, gt_json, allow_cached=False)
+            rows, preds_of = benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json,
+                                                 macs_at, limits)
+        result["inference"] = rows
+        save(result)
+        if "eval" in sections:
+            result["evaluation"] = benchmark_evaluation(cfg, dataset_name,
+                                                        preds_of[rows[0]["variant"]], repeats)
+            save(result)
+    return result
+
+
+# ---------------------------------------------------------------- Markdown
+def _f(value, digits=2):
+    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else \
+        f"{value:.{digits}f}"
+
+
+def markdown(result):
+    """The benchmark's tables, with the ratios to Detectron2 in the same run."""
+    m, lines = result["machine"], []
+    lines += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
+              f"({m['torch_threads']} threads). Dataset {result['dataset']}; weights "
+              f"{result['weights'] or 'none (random initialization: AP is meaningless)'}.", ""]
+    limit = result["limit"]
+    lines += ["Limit: measured matmul " + ", ".join(
+        f"{k} {v:.0f} GFLOP/s" for k, v in limit["matmul_gflops"].items()) + "; model " + ", ".join(
+        f"{g:.1f} GMAC/image at {s} px" for s, g in limit["gmacs_per_image"].items()) + ".", ""]
+    if "training" in result:
+        t = result["training"]
+        lines += ["Training throughput (median s/iteration after warm-up, same config, SGD):", "",
+                  markdown_table(["trainer", "s/iter", "images/s"],
+                                 [[k, _f(t[k]["seconds_per_iter"], 3), _f(t[k]["images_per_s"])]
+                                  for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]),
+                  "", f"Ratio tumorseg_d2 / Detectron2: **{t['ratio']:.3f}**", ""]
+    if "loading" in result:
+        d = result["loading"]
+        lines += ["Data loading alone (training loader, "
+                  f"{d['config']['NUM_WORKERS']} workers):", "",
+                  markdown_table(["loader", "s/batch", "images/s"],
+                                 [[k, _f(d[k]["seconds_per_batch"], 3), _f(d[k]["images_per_s"])]
+                                  for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]),
+                  "", f"Ratio tumorseg_d2 / Detectron2: **{d['ratio']:.3f}**", ""]
+    if "inference" in result:
+        rows = result["inference"]
+        lines += [f"Inference on {result['dataset']} (reading and decoding the files and encoding "
+                  "the masks as RLE included; peak memory of this process and its workers):", "",
+                  markdown_table(
+                      ["variant", "px", "images/s", "s/image", "speed-up", "peak MiB", "bbox AP",
+                       "bbox AP50", "segm AP", "achieved GFLOP/s", "/ limit"],
+                      [[r["variant"], str(r["size"]), _f(r["images_per_s"]),
+                        _f(r["seconds_per_image"], 3),
+                        f"{r['speedup']:.2f}x", f"{r['peak_memory_mib']:.0f}", _f(r["bbox_AP"], 1),
+                        _f(r["bbox_AP50"], 1), _f(r["segm_AP"], 1), _f(r["achieved_gflops"], 0),
+                        f"{100 * r['achieved_over_limit']:.0f}% of {r['precision']}"]
+                       for r in rows]), ""]
+    if "evaluation" in result:
+        e = result["evaluation"]
+        names = [k for k in e if isinstance(e[k], dict)]
+        lines += [f"Evaluation of the reference's predictions ({e['images']} images):", "",
+                  markdown_table(["evaluator", "seconds", "speed vs Detectron2"],
+                                 [[k, _f(e[k]["seconds"]), f"{e[k]['speed_ratio']:.2f}x"]
+                                  for k in names]), ""]
+    return "\n".join(lines)
