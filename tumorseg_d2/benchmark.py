@@ -410,6 +410,14 @@ def _f(value, digits=2):
         f"{value:.{digits}f}"
 
 
+def _side_by_side(title, section, what, time_label, time_key):
+    """A section's two rows (ours, Detectron2's) and their images/s ratio, as Markdown lines."""
+    rows = [[k, _f(section[k][time_key], 3), _f(section[k]["images_per_s"])]
+            for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]
+    return [title, "", markdown_table([what, time_label, "images/s"], rows), "",
+            f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**", ""]
+
+
 def markdown(result):
     """The benchmark's tables, with the ratios to Detectron2 in the same run."""
     m, lines = result["machine"], []
@@ -421,20 +429,13 @@ def markdown(result):
         f"{k} {v:.0f} GFLOP/s" for k, v in limit["matmul_gflops"].items()) + "; model " + ", ".join(
         f"{g:.1f} GMAC/image at {s} px" for s, g in limit["gmacs_per_image"].items()) + ".", ""]
     if "training" in result:
-        t = result["training"]
-        lines += ["Training throughput (median s/iteration after warm-up, same config, SGD):", "",
-                  markdown_table(["trainer", "s/iter", "images/s"],
-                                 [[k, _f(t[k]["seconds_per_iter"], 3), _f(t[k]["images_per_s"])]
-                                  for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]),
-                  "", f"Ratio tumorseg_d2 / Detectron2: **{t['ratio']:.3f}**", ""]
+        lines += _side_by_side("Training throughput (median s/iteration after warm-up, same "
+                               "config, SGD):", result["training"], "trainer", "s/iter",
+                               "seconds_per_iter")
     if "loading" in result:
-        d = result["loading"]
-        lines += ["Data loading alone (training loader, "
-                  f"{d['config']['NUM_WORKERS']} workers):", "",
-                  markdown_table(["loader", "s/batch", "images/s"],
-                                 [[k, _f(d[k]["seconds_per_batch"], 3), _f(d[k]["images_per_s"])]
-                                  for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]),
-                  "", f"Ratio tumorseg_d2 / Detectron2: **{d['ratio']:.3f}**", ""]
+        lines += _side_by_side("Data loading alone (training loader, "
+                               f"{result['loading']['config']['NUM_WORKERS']} workers):",
+                               result["loading"], "loader", "s/batch", "seconds_per_batch")
     if "inference" in result:
         rows = result["inference"]
         lines += [f"Inference on {result['dataset']} (reading and decoding the files and encoding "
