@@ -98,6 +98,23 @@ def test_components_become_instances():
     assert len(probability_to_instances(np.zeros((8, 8)), 0.5)) == 0
 
 
+def test_a_noisy_map_keeps_only_the_most_probable_components():
+    """An untrained network's map can hold thousands of components; a full-size mask each ran a
+    CI job out of memory. Like Mask R-CNN, at most max_instances are kept, the most probable."""
+    prob = np.zeros((400, 400), np.float32)
+    prob[::2, ::2] = np.linspace(0.5, 1.0, 200 * 200).reshape(200, 200)  # 40,000 lone pixels
+    inst = probability_to_instances(prob, threshold=0.5, max_instances=100)
+    assert len(inst) == 100 and inst.pred_masks.shape == (100, 400, 400)
+    assert sorted(inst.scores.tolist()) == pytest.approx(np.sort(prob[::2, ::2].ravel())[-100:])
+    assert inst.pred_masks.flatten(1).sum(1).tolist() == [1] * 100
+    # Each mask is its own box's single pixel, where the map has the instance's score.
+    for box, mask, score in zip(inst.pred_boxes.tensor.int().tolist(), inst.pred_masks,
+                                inst.scores):
+        x0, y0, x1, y1 = box
+        assert (x1 - x0, y1 - y0) == (1, 1) and mask[y0, x0]
+        assert prob[y0, x0] == pytest.approx(float(score))
+
+
 def test_soft_dice_loss_known_values():
     target = torch.zeros(2, 1, 8, 8)
     target[:, :, 2:6, 2:6] = 1

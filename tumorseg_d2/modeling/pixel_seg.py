@@ -8,9 +8,10 @@ tools/evaluate.py, tools/visualize.py and the trainer's validation use them unch
 
 At inference the probability map is upsampled to the input's original size and thresholded
 (MODEL.PIXEL_SEG.THRESHOLD); each 8-connected component becomes one instance whose mask is the
-component, whose box is its bounding box and whose score is its mean probability. With MIN_AREA 0
-(the default) the union of the instances is exactly the thresholded map, so Dice and IoU of the
-instances are those of the map.
+component, whose box is its bounding box and whose score is its mean probability; at most
+TEST.DETECTIONS_PER_IMAGE (100) of them, the most probable. With MIN_AREA 0 (the default) and no
+more components than that, the union of the instances is exactly the thresholded map, so Dice and
+IoU of the instances are those of the map.
 The networks see no class: they are trained on the class-agnostic datasets (one class, "tumor").
 
 Networks (parameter counts are those of the published descriptions; tests check them):
@@ -24,12 +25,15 @@ Networks (parameter counts are those of the published descriptions; tests check 
 - ``UNet``: encoder 16-32-64-128-256, bridge 512, 2x2 transposed-conv decoder with skip
   connections; every block two 3x3 conv + batch norm + ReLU, then dropout (MODEL.PIXEL_SEG.DROPOUT).
 """
+import logging
+
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
+from detectron2.utils.logger import log_every_n_seconds
 from torch import nn
 
 LOSSES = ("BCE", "DICE", "BCE+DICE")
@@ -108,30 +112,36 @@ class UNetNetwork(nn.Module):
 
 
 # ---------------------------------------------------------------- probabilities to instances
-def probability_to_instances(probability, threshold=0.5, min_area=0):
+def probability_to_instances(probability, threshold=0.5, min_area=0, max_instances=100):
     """Instances from an (H, W) tumor probability map: one per 8-connected component of
     ``probability >= threshold`` with at least ``min_area`` pixels; mask = the component, box = its
-    bounding box (XYXY, pixel edges), score = its mean probability, class 0."""
+    bounding box (XYXY, pixel edges), score = its mean probability, class 0. Only the
+    ``max_instances`` highest-scoring components are kept, like Mask R-CNN's detections per image:
+    a poorly trained network's noisy map can have thousands, and each mask is a full-size slice."""
     prob = probability.detach().float().cpu().numpy() if torch.is_tensor(probability) \
         else np.asarray(probability, np.float32)
     h, w = prob.shape
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (prob >= threshold).astype(np.uint8), connectivity=8)
-    masks, boxes, scores = [], [], []
-    for k in range(1, count):  # label 0 is the background
-        x, y, bw, bh, area = stats[k]
-        if area < max(min_area, 1):
-            continue
-        mask = labels == k
-        masks.append(mask)
-        boxes.append([x, y, x + bw, y + bh])
-        scores.append(float(prob[mask].mean()))
+    areas = stats[:, cv2.CC_STAT_AREA]
+    means = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count) / np.maximum(areas, 1)
+    candidates = [k for k in range(1, count) if areas[k] >= max(min_area, 1)]  # 0: background
+    kept = sorted(candidates, key=lambda k: -means[k])[:max_instances]
+    if len(kept) < len(candidates):
+        log_every_n_seconds(logging.WARNING, f"The probability map has {len(candidates)} tumor "
+                            f"components; the {max_instances} most probable are kept "
+                            "(TEST.DETECTIONS_PER_IMAGE).", n=60, name=__name__)
+    masks = torch.zeros((len(kept), h, w), dtype=torch.bool)
+    boxes = np.zeros((len(kept), 4), np.float32)
+    for i, k in enumerate(kept):
+        x, y, bw, bh = stats[k, :4]
+        masks[i, y:y + bh, x:x + bw] = torch.from_numpy(labels[y:y + bh, x:x + bw] == k)
+        boxes[i] = x, y, x + bw, y + bh
     inst = Instances((h, w))
-    inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
-    inst.scores = torch.tensor(scores, dtype=torch.float32)
-    inst.pred_classes = torch.zeros(len(scores), dtype=torch.int64)
-    inst.pred_masks = torch.from_numpy(np.stack(masks)) if masks else \
-        torch.zeros((0, h, w), dtype=torch.bool)
+    inst.pred_boxes = Boxes(torch.from_numpy(boxes))
+    inst.scores = torch.tensor(means[kept], dtype=torch.float32)
+    inst.pred_classes = torch.zeros(len(kept), dtype=torch.int64)
+    inst.pred_masks = masks
     return inst
 
 
@@ -164,6 +174,7 @@ class PixelSegmenter(nn.Module):
                              f"times, so it must be a positive multiple of {stride} (e.g. 256).")
         self.input_size, self.loss = c.INPUT_SIZE, c.LOSS.upper()
         self.threshold, self.min_area = c.THRESHOLD, c.MIN_AREA
+        self.max_instances = cfg.TEST.DETECTIONS_PER_IMAGE
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property
@@ -216,8 +227,9 @@ class PixelSegmenter(nn.Module):
             h, w = x.get("height", x["image"].shape[-2]), x.get("width", x["image"].shape[-1])
             prob = torch.sigmoid(F.interpolate(logit[None], size=(h, w), mode="bilinear",
                                                align_corners=False))[0, 0].cpu()
-            results.append({"instances": probability_to_instances(prob, self.threshold,
-                                                                  self.min_area),
+            instances = probability_to_instances(prob, self.threshold, self.min_area,
+                                                 self.max_instances)
+            results.append({"instances": instances,
                             "probability": prob})
         return results
 
