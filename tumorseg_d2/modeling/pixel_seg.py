@@ -124,7 +124,8 @@ def probability_to_instances(probability, threshold=0.5, min_area=0, max_instanc
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (prob >= threshold).astype(np.uint8), connectivity=8)
     areas = stats[:, cv2.CC_STAT_AREA]
-    means = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count) / np.maximum(areas, 1)
+    sums = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=count)
+    means = sums / np.maximum(areas, 1)
     candidates = [k for k in range(1, count) if areas[k] >= max(min_area, 1)]  # 0: background
     kept = sorted(candidates, key=lambda k: -means[k])[:max_instances]
     if len(kept) < len(candidates):
@@ -229,8 +230,7 @@ class PixelSegmenter(nn.Module):
                                                align_corners=False))[0, 0].cpu()
             instances = probability_to_instances(prob, self.threshold, self.min_area,
                                                  self.max_instances)
-            results.append({"instances": instances,
-                            "probability": prob})
+            results.append({"instances": instances, "probability": prob})
         return results
 
 
