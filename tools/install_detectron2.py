@@ -31,13 +31,18 @@ import textwrap
 SDIST = "pb1-detectron2==0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # The local version label marks wheels built by this script, so reruns can recognise them.
-WHEEL_VERSION = "0.6+tumorseg.pure1"
+WHEEL_VERSION = "0.6+tumorseg.pure2"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIM = os.path.join(REPO_ROOT, "tools", "detectron2_C_shim.py")
 
 # (file, old, new): exact substitutions. Decisions are explained in README "Detectron2 v0.6 on
 # today's libraries".
 PATCHES = [
+    # v0.6 defaults merge_from_file to allow_unsafe=True: a config whose safe parse fails is then
+    # read with yaml.unsafe_load, so a !!python/object/apply tag in a config someone sent runs code.
+    ("detectron2/config/config.py",
+     "def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = True)",
+     "def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False)"),
     # Pillow 10 removed Image.LINEAR (an alias of BILINEAR). We keep a current Pillow rather than pin
     # an old one with unfixed decoder CVEs, because this tool opens images it did not make.
     ("detectron2/data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR"),
@@ -174,6 +179,9 @@ def main():
     args = parser.parse_args()
 
     found = installed_detectron2()
+    if found and "+tumorseg." in found[0] and not found[1]:
+        log(f"detectron2 {found[0]} was built by an older version of this script; rebuilding")
+        found = None
     if found and not args.force:
         ver, ours = found
         log(f"detectron2 {ver} is installed and works ({'built by this script' if ours else 'kept'})")

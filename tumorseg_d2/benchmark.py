@@ -376,7 +376,7 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
     limits = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     result["limit"] = {"matmul_gflops": limits}
     model = build_model(cfg).eval()
-    SafeCheckpointer(model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+    SafeCheckpointer(model, same_classes=True).load(resolve_weights(cfg.MODEL.WEIGHTS))
     macs_at = macs_counter(dataset_name)
     result["limit"]["gmacs_per_image"] = {
         str(size): macs_at(model, size) / 1e9

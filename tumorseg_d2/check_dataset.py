@@ -11,6 +11,7 @@ from tabulate import tabulate
 from .data.check import NEAR_DUPLICATE_SIMILARITY, check_splits, report_dict
 from .data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
 from .data.fix import exact_copies, fix_split
+from .files import UnsafeFileError, inside, refuse_output_inside_inputs
 
 
 def parse_args(argv=None):
@@ -32,12 +33,21 @@ def parse_args(argv=None):
 
 
 def resolve_targets(targets):
-    """{split name: (json, image folder)} from folders and registered dataset names."""
+    """{split name: (json, image folder)} from folders and registered dataset names. Two inputs
+    that resolve to the same split name are refused (the second would replace the first)."""
     splits = {}
+
+    def add(name, paths):
+        if name in splits and os.path.realpath(splits[name][0]) != os.path.realpath(paths[0]):
+            raise SystemExit(f"Two inputs resolve to the split name '{name}': {splits[name][1]} and "
+                             f"{paths[1]}. The second would replace the first in the report: check "
+                             "them in separate runs, or rename one folder.")
+        splits[name] = paths
+
     for target in targets:
         if os.path.isfile(os.path.join(target, ANNOTATION_FILE)):
-            splits[os.path.basename(os.path.normpath(target))] = (
-                os.path.join(target, ANNOTATION_FILE), target)
+            add(os.path.basename(os.path.normpath(target)),
+                (os.path.join(target, ANNOTATION_FILE), target))
         elif os.path.isdir(target):
             subs = sorted(d for d in os.listdir(target)
                           if os.path.isfile(os.path.join(target, d, ANNOTATION_FILE)))
@@ -46,9 +56,9 @@ def resolve_targets(targets):
                                  "Pass a split folder (e.g. datasets/tumorseg/train) or a root "
                                  "holding train/ valid/ test/.")
             for d in subs:
-                splits[d] = (os.path.join(target, d, ANNOTATION_FILE), os.path.join(target, d))
+                add(d, (os.path.join(target, d, ANNOTATION_FILE), os.path.join(target, d)))
         elif target in DatasetCatalog.list():
-            splits[target] = dataset_files(target)
+            add(target, dataset_files(target))
         else:
             raise SystemExit(f"{target} is neither a folder nor a registered dataset name (e.g. "
                              "tumorseg_train; set DETECTRON2_DATASETS for those).")
@@ -65,16 +75,20 @@ def summary_table(findings, show):
 
 
 def write_fix(details, out, inputs):
-    if any(os.path.abspath(out) == os.path.abspath(d) or
-           os.path.abspath(out).startswith(os.path.abspath(d) + os.sep) for _, d in inputs):
-        raise SystemExit(f"--fix {out} is inside an input folder; choose a folder elsewhere (the "
+    try:
+        refuse_output_inside_inputs(out, [d for _, d in inputs], "--fix")
+    except UnsafeFileError as e:
+        raise SystemExit(str(e)) from e
+    if any(inside(d, out) for _, d in inputs):
+        raise SystemExit(f"--fix {out} contains an input folder; choose a folder elsewhere (the "
                          "input is never written).")
     if os.path.isdir(out) and os.listdir(out):
         raise SystemExit(f"--fix {out} exists and is not empty; choose a new folder.")
     changes, copies = [], exact_copies(details)
     for split, d in details.items():
         fixed, log = fix_split(d["coco"], d["image_dir"], d["decoded"], os.path.join(out, split),
-                               split, {f: orig for (s, f), orig in copies.items() if s == split})
+                               split, {f: orig for (s, f), orig in copies.items() if s == split},
+                               d["malformed"])
         with open(os.path.join(out, split, ANNOTATION_FILE), "w") as f:
             json.dump(fixed, f)
         changes += log

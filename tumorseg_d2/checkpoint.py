@@ -15,6 +15,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 from iopath.common.file_io import get_cache_dir
 
+from .files import UnsafeFileError, atomic_write, load_pickle
+
 D2_MODEL_ZOO_PREFIX = "https://dl.fbaipublicfiles.com/detectron2/"
 # The recipe's COCO-pretrained Mask R-CNN R50-FPN 3x (box AP 41.0, mask AP 37.2 on COCO).
 COCO_MASK_RCNN_R50_FPN_3X = (
@@ -83,21 +85,6 @@ def resolve_weights(path):
         socket.setdefaulttimeout(previous)
 
 
-def atomic_write(path, write):
-    """Write a file through ``write(f)`` under a temporary name, flush it to disk, then rename it
-    over ``path``: readers (and a resume after a kill) see the old file or the new one, never half."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class WeightsError(ValueError):
     pass
 
@@ -108,13 +95,26 @@ CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
 
 class SafeCheckpointer(DetectionCheckpointer):
     """Detectron2's checkpointer with writes that are atomic (a run killed while saving resumes from
-    the previous checkpoint, never a corrupt one) and loads that fail clearly: a file that is not
-    a checkpoint, or one made for another architecture (which Detectron2 would load silently,
-    skipping every mismatched weight), raises WeightsError naming the file and the fix."""
+    the previous checkpoint, never a corrupt one) and loads that are safe and fail clearly:
+
+    - ``.pth`` files are read with ``torch.load(weights_only=True)`` and model-zoo ``.pkl`` files
+      with an unpickler that admits only arrays, numbers and strings (files.load_pickle): opening
+      weights from someone else never runs code;
+    - a file that is not a checkpoint, or one made for another architecture (which Detectron2 would
+      load silently, skipping every mismatched weight), raises WeightsError naming the file and
+      the fix;
+    - with ``same_classes=True`` (evaluation and prediction: nothing will train the class-specific
+      layers), a checkpoint trained for another number of classes is refused naming both counts;
+    - ``resume_or_load(resume=True)`` where ``last_checkpoint`` names a missing file says so.
+    """
 
     # Share of the model's weights (by size, class-specific layers aside) that must load. An
     # ImageNet backbone gives about 0.5, a COCO Mask R-CNN nearly 1, an R18 checkpoint in an R50 0.14.
     MIN_MATCHED = 0.4
+
+    def __init__(self, model, save_dir="", *, same_classes=False, **kwargs):
+        super().__init__(model, save_dir, **kwargs)
+        self.same_classes = same_classes
 
     @classmethod
     def like(cls, checkpointer):
@@ -137,13 +137,29 @@ class SafeCheckpointer(DetectionCheckpointer):
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
                      lambda f: f.write(last_filename_basename.encode()))
 
+    def resume_or_load(self, path, *, resume=True):
+        if resume and self.has_checkpoint():
+            last = self.get_checkpoint_file()
+            if not os.path.isfile(last):
+                tag = os.path.join(self.save_dir, "last_checkpoint")
+                saved = sorted(f for f in os.listdir(self.save_dir) if f.endswith(".pth"))
+                raise WeightsNotFoundError(
+                    f"--resume: {tag} names {os.path.basename(last)}, which is not in "
+                    f"{self.save_dir} (deleted or moved?). Checkpoints there: "
+                    f"{', '.join(saved) or 'none'}. Write the name of one of them into {tag} to "
+                    "resume from it, or delete last_checkpoint (or drop --resume) to start from "
+                    "MODEL.WEIGHTS.")
+        return super().resume_or_load(path, resume=resume)
+
     def load(self, path, *args, **kwargs):
         self._loading = path
         return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
         try:
-            loaded = super()._load_file(filename)
+            loaded = self._read(filename)
+        except UnsafeFileError:
+            raise
         except Exception as e:  # noqa: BLE001 - torch.load and pickle raise many types
             raise WeightsError(
                 f"Weights file {filename} cannot be read ({type(e).__name__}: {e}). It is truncated "
@@ -153,6 +169,23 @@ class SafeCheckpointer(DetectionCheckpointer):
             raise WeightsError(f"Weights file {filename} holds no model weights (no 'model' "
                                "state dict): pass a checkpoint saved by training.")
         return loaded
+
+    @staticmethod
+    def _read(filename):
+        """DetectionCheckpointer._load_file's formats, each read without running code."""
+        if filename.endswith(".pkl"):
+            data = load_pickle(filename)
+            if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+                return data
+            data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+            return {"model": {k: v for k, v in data.items() if not k.endswith("_momentum")},
+                    "__author__": "Caffe2", "matching_heuristics": True}
+        with open(filename, "rb") as f:
+            loaded = torch.load(f, map_location="cpu", weights_only=True)
+        if filename.endswith(".pyth"):  # pycls ImageNet models
+            return {"model": loaded["model_state"], "__author__": "pycls",
+                    "matching_heuristics": True}
+        return loaded if "model" in loaded else {"model": loaded}
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)
@@ -172,4 +205,27 @@ class SafeCheckpointer(DetectionCheckpointer):
                 "MODEL.FPN.OUT_CHANNELS, ... differ from this config). Use the config it was "
                 "trained with (training writes config.yaml beside its checkpoints) or other "
                 "weights.")
+        if self.same_classes:
+            self._check_classes(incompatible)
         return incompatible
+
+    def _check_classes(self, incompatible):
+        """Refuse a checkpoint whose class-specific layers do not fit (or are absent)."""
+        shapes = {k: (a, b) for k, a, b in incompatible.incorrect_shapes}
+        classifier = "roi_heads.box_predictor.cls_score.weight"
+        # Rows of the classifier: the classes and background.
+        theirs, ours = (shape[0] - 1 for shape in shapes.get(classifier, ((0,), (0,))))
+        if theirs != ours:
+            raise WeightsError(
+                f"Weights file {getattr(self, '_loading', '')} was trained for {theirs} "
+                f"class(es), but this config has MODEL.ROI_HEADS.NUM_CLASSES {ours}: its class "
+                "layers cannot be used, and random ones would be evaluated. Use the config the "
+                "weights were trained with (config.yaml beside them), or the dataset with "
+                f"{theirs} class(es) (e.g. tumorseg_agnostic_* for 1) with NUM_CLASSES {theirs}.")
+        bad = sorted(k for k in set(shapes) | set(incompatible.missing_keys)
+                     if k.startswith(CLASS_SPECIFIC))
+        if bad:
+            raise WeightsError(
+                f"Weights file {getattr(self, '_loading', '')} has no usable class layers for this "
+                f"model ({', '.join(bad[:3])} missing or of another shape): these weights are "
+                "for training (e.g. a backbone), not for evaluation or prediction.")

@@ -111,7 +111,7 @@ def evaluate_run(run, split, output, threshold, opts=()):
         raise FileNotFoundError(f"{run} has no checkpoint (model_best.pth, model_final.pth or "
                                 "last_checkpoint): train it first, or rerun with --train.")
     model = Trainer.build_model(cfg)
-    SafeCheckpointer(model).load(weights)
+    SafeCheckpointer(model, same_classes=True).load(weights)
     start = time.perf_counter()
     preds = predict(cfg, model, name)
     seconds = time.perf_counter() - start

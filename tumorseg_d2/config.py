@@ -6,6 +6,7 @@ import re
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from .files import load_yaml
 from .modeling.pixel_seg import LOSSES  # also registers the pixel-segmentation meta-architectures
 
 OPTIMIZERS = ("SGD", "ADAM", "ADAMW")
@@ -77,12 +78,42 @@ def flatten(node, prefix=""):
     return flat
 
 
+def check_config_file(path, _seen=()):
+    """Parse a config file and the ``_BASE_`` files it includes with the safe loader
+    (files.load_yaml: no python tags, bounded size and alias expansion) before Detectron2 reads
+    them; a missing or looping ``_BASE_`` is named."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path} does not exist"
+                                + (f" (a _BASE_ of {_seen[-1]})" if _seen else "")
+                                + "; the configs shipped with tumorseg-d2 are in configs/.")
+    if os.path.realpath(path) in _seen:
+        raise ValueError(f"Config file {_seen[-1]} includes {path} as _BASE_, which includes it "
+                         "again: a loop.")
+    data = load_yaml(path)
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise ValueError(f"Config file {path} holds a {type(data).__name__}, not KEY: VALUE "
+                         "mappings.")
+    bases = data.get("_BASE_", [])
+    for base in [bases] if isinstance(bases, str) else bases:
+        if not isinstance(base, str) or base.startswith(("http://", "https://")):
+            raise ValueError(f"Config file {path}: _BASE_ {base!r} must be a local file path.")
+        base = os.path.expanduser(base)
+        check_config_file(base if os.path.isabs(base) else
+                          os.path.join(os.path.dirname(path), base),
+                          _seen + (os.path.realpath(path),))
+
+
 def merge_config(cfg, config_file=None, opts=()):
     """Merge a YAML file and KEY VALUE overrides; an unknown key gets a message with the nearest
-    valid keys instead of yacs' bare assertion."""
+    valid keys instead of yacs' bare assertion. The file (and its _BASE_ files) are read safely:
+    check_config_file."""
     if config_file is not None and not os.path.isfile(config_file):
         raise FileNotFoundError(f"--config-file {config_file} does not exist; the configs shipped "
                                 "with tumorseg-d2 are in configs/.")
+    if config_file is not None:
+        check_config_file(config_file)
     try:
         if config_file is not None:
             cfg.merge_from_file(config_file)

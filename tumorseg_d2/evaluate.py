@@ -7,6 +7,7 @@ from detectron2.data import DatasetCatalog
 
 from . import clinical
 from .checkpoint import SafeCheckpointer, resolve_weights
+from .data.check import check_at_start
 from .engine.run import setup
 from .engine.trainer import Trainer
 from .report import evaluate_predictions, predict
@@ -56,12 +57,14 @@ def main(argv=None):
     args = parse_args(argv)
     train_args = argparse.Namespace(config_file=args.config_file, eval_only=True, resume=False,
                                     opts=["MODEL.WEIGHTS", args.weights] + args.opts)
-    cfg = setup(train_args)
+    cfg = setup(train_args, check=())
     name = dataset_for(cfg, args.split)
+    threshold_from = dataset_for(cfg, args.threshold_from) if args.threshold_from else None
+    check_at_start([name] + ([threshold_from] if threshold_from else []), cfg.DATASETS.CHECK,
+                   logger)  # the splits this command reads, not the config's DATASETS.TEST
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "evaluation", name)
     model = Trainer.build_model(cfg)
-    SafeCheckpointer(model).load(resolve_weights(args.weights))
-    threshold_from = dataset_for(cfg, args.threshold_from) if args.threshold_from else None
+    SafeCheckpointer(model, same_classes=True).load(resolve_weights(args.weights))
     metrics = evaluate_split(cfg, model, name, output, args.score_threshold, threshold_from)
     summary = metrics["clinical"]["all classes"]
     print(f"{name}: bbox AP50 {metrics['coco']['bbox']['AP50']:.2f}, segm AP50 "

@@ -1,5 +1,4 @@
 """COCO evaluation (pycocotools) with per-class tables and a correct score for 'no detections'."""
-import json
 import math
 import os
 
@@ -13,6 +12,7 @@ from tabulate import tabulate
 
 from . import clinical
 from .clinical import truth_instances
+from .files import write_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # COCOeval area ranges, as indexed in coco_eval.eval["precision"][..., area, maxdet].
@@ -154,21 +154,8 @@ def format_results(results):
 
 def save_results(results, path):
     """Write {dataset or task: {metric: value}} as JSON (NaN as null: strict JSON readers)."""
-
-    def clean(obj):
-        if isinstance(obj, dict):
-            return {k: clean(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [clean(v) for v in obj]
-        if isinstance(obj, np.generic):
-            obj = obj.item()
-        if isinstance(obj, float) and math.isnan(obj):
-            return None
-        return obj
-
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(clean(results), f, indent=2)
+    write_json(path, results, indent=2)
 
 
 class GroundTruthModel(torch.nn.Module):

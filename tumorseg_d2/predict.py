@@ -1,19 +1,18 @@
 """What tools/predict.py runs: inference on any folder, glob or files; overlays and COCO json."""
 import argparse
 import glob
-import json
 import math
 import os
 import sys
 import time
 
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from .engine.run import setup
-from .predictor import BatchPredictor
+from .files import refuse_output_inside_inputs, write_json
+from .predictor import BatchPredictor, read_input_image
 from .visualize import draw_overlay, save_rgb
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -27,13 +26,49 @@ def parse_args(argv=None):
     p.add_argument("--output", required=True)
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO style)")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier tools/predict.py run in --output")
     p.add_argument("--backbone-runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="onnxruntime: run ResNet+FPN in ONNX Runtime (README, Performance)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
+
+
+# Beside the outputs: INCOMPLETE while a run writes (a killed run leaves it), predict_run.json
+# once the set of overlays and json files is complete and consistent.
+INCOMPLETE, RUN_SUMMARY = "INCOMPLETE", "predict_run.json"
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number of images")
+    return value
+
+
+def prepare_output(output, inputs, overwrite):
+    """An empty --output marked INCOMPLETE. A folder holding an earlier run is refused without
+    --overwrite, and emptied with it; a folder holding anything else is never emptied."""
+    refuse_output_inside_inputs(output, inputs)
+    if os.path.isdir(output) and os.listdir(output):
+        ours = any(os.path.exists(os.path.join(output, m)) for m in (INCOMPLETE, RUN_SUMMARY))
+        if not ours:
+            raise SystemExit(f"--output {output} is not empty and was not written by "
+                             "tools/predict.py: choose a new folder.")
+        if not overwrite:
+            raise SystemExit(f"--output {output} holds an earlier run's predictions: pass "
+                             "--overwrite to replace them, or choose a new folder.")
+        for name in os.listdir(output):
+            path = os.path.join(output, name)
+            if os.path.isfile(path) or os.path.islink(path):
+                os.remove(path)
+    os.makedirs(output, exist_ok=True)
+    with open(os.path.join(output, INCOMPLETE), "w") as f:
+        f.write("tools/predict.py is writing this folder, or was stopped before it finished: "
+                "the overlays and json files here may be partial. Rerun with --overwrite.\n")
 
 
 def expand_inputs(inputs):
@@ -57,13 +92,15 @@ def expand_inputs(inputs):
 
 def main(argv=None):
     args = parse_args(argv)
+    paths = expand_inputs(args.input)
+    # Before setup, which writes config.yaml and log.txt into the output as part of this run.
+    prepare_output(args.output, args.input, args.overwrite)
     cfg = setup(argparse.Namespace(
         config_file=args.config_file, eval_only=True, resume=False,
         opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output] + args.opts),
         check=())  # predicting on images reads no dataset
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
-    paths = expand_inputs(args.input)
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
@@ -76,7 +113,8 @@ def main(argv=None):
                 continue
             keep = pred["scores"] >= args.score_threshold
             masks = [m for m, k in zip(pred["masks"], keep) if k]
-            overlay = draw_overlay(read_image(path, format="RGB"), pred["boxes"][keep],
+            # The image as the model saw it (EXIF orientation applied), so boxes land in its frame.
+            overlay = draw_overlay(read_input_image(path, "RGB"), pred["boxes"][keep],
                                    pred["classes"][keep],
                                    [mask_util.decode(m).astype(bool) for m in masks],
                                    meta.thing_classes, meta.thing_colors, pred["scores"][keep])
@@ -95,13 +133,17 @@ def main(argv=None):
             done += 1
     seconds = time.time() - start
     if args.save_json:
-        with open(os.path.join(args.output, "predictions.json"), "w") as f:
-            json.dump(results, f)
+        write_json(os.path.join(args.output, "predictions.json"), results, indent=None)
+    if errors:
+        write_json(os.path.join(args.output, "errors.json"), errors)
+    write_json(os.path.join(args.output, RUN_SUMMARY), {
+        "images": len(paths), "predicted": done, "errors": len(errors), "detections": detections,
+        "score_threshold": args.score_threshold, "weights": args.weights,
+        "seconds": round(seconds, 1)})
+    os.remove(os.path.join(args.output, INCOMPLETE))
     print(f"{done} images, {detections} detections >= {args.score_threshold}, "
           f"{seconds / max(done, 1):.3f} s per image; overlays in {args.output}")
     if errors:
-        with open(os.path.join(args.output, "errors.json"), "w") as f:
-            json.dump(errors, f, indent=1)
         print(f"\n{len(errors)} input(s) could not be used (also in "
               f"{os.path.join(args.output, 'errors.json')}):", file=sys.stderr)
         for e in errors:

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 from detectron2.data import transforms as T
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.layers.mask_ops import paste_masks_in_image
@@ -27,6 +27,7 @@ from pycocotools import mask as mask_util
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import SafeCheckpointer, resolve_weights
+from .files import image_depth_problem
 
 
 # Guard against decompression bombs: an MRI slice has well under a megapixel.
@@ -86,11 +87,12 @@ def read_input_image(path, fmt):
     try:
         with Image.open(path) as img:  # reads the header only
             _check_size(path, *img.size)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            problem = image_depth_problem(img)
+            if problem:
                 raise InputImageError(
-                    f"{path} has 16-bit or float pixels (PIL mode {img.mode}); the model was trained "
-                    "on 8-bit slices. Convert it to 8-bit with the intensity window used for "
-                    "training (e.g. scale the 1st-99th percentile to 0-255) and save as PNG.")
+                    f"{path} {problem}; the model was trained on 8-bit slices. Convert it to "
+                    "8-bit with the intensity window used for training (e.g. scale the 1st-99th "
+                    "percentile to 0-255) and save as PNG.")
             if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
                 raise InputImageError(
                     f"{path} has an alpha channel (PIL mode {img.mode}, 4 channels or "
@@ -98,6 +100,8 @@ def read_input_image(path, fmt):
                     "alpha (e.g. PIL: Image.open(p).convert('RGB').save(q)) after checking it "
                     "carries nothing.")
             img.load()  # decodes: a truncated file raises here
+            # EXIF orientation applied as Detectron2's read_image does for training and evaluation.
+            img = ImageOps.exif_transpose(img)
             array = np.asarray(img.convert("L") if img.mode in ("L", "1", "P") else
                                img.convert("RGB"))
     except UnidentifiedImageError as e:
@@ -110,6 +114,11 @@ def read_input_image(path, fmt):
     return to_model_format(array, fmt, path)
 
 
+# The short side of an input after resizing for the model: below this (an aspect ratio such as
+# 10000 x 10) the backbone's feature maps would be empty.
+MIN_RESIZED_SIDE = 16
+
+
 class _Images(Dataset):
     def __init__(self, images, fmt, resize):
         self.images, self.fmt, self.resize = images, fmt, resize
@@ -119,15 +128,25 @@ class _Images(Dataset):
 
     def __getitem__(self, i):
         item = self.images[i]
-        try:
+        name = item if isinstance(item, str) else f"input {i}"
+        try:  # any failure is reported by the main process, by BatchPredictor's on_error
             image = read_input_image(item, self.fmt) if isinstance(item, str) else \
-                to_model_format(item, self.fmt, f"input {i}")
-        except InputImageError as e:  # reported by the main process, by BatchPredictor's on_error
-            return {"error": str(e), "index": i}
-        h, w = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
+                to_model_format(item, self.fmt, name)
+            h, w = image.shape[:2]
+            transform = self.resize.get_transform(image)
+            new_h, new_w = getattr(transform, "new_h", h), getattr(transform, "new_w", w)
+            if min(new_h, new_w) < MIN_RESIZED_SIDE:
+                raise InputImageError(
+                    f"{name} is {w}x{h} pixels: resized for the model (INPUT.MIN_SIZE_TEST / "
+                    f"MAX_SIZE_TEST) it would be {new_w}x{new_h}, too thin to predict on. The "
+                    "aspect ratio is not that of a slice: crop it to the slice.")
+            resized = transform.apply_image(image)
+        except Exception as e:  # noqa: BLE001 - a worker must never stop the other images
+            message = str(e) if isinstance(e, InputImageError) else \
+                f"{name} cannot be prepared ({type(e).__name__}: {e})"
+            return {"error": message, "index": i, "name": name}
         return {"image": torch.as_tensor(resized.transpose(2, 0, 1).copy()), "height": h,
-                "width": w, "index": i}
+                "width": w, "index": i, "name": name}
 
 
 class BatchPredictor:
@@ -148,7 +167,7 @@ class BatchPredictor:
         self.on_error, self.precision = on_error, precision
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
-        SafeCheckpointer(self.model).load(resolve_weights(cfg.MODEL.WEIGHTS))
+        SafeCheckpointer(self.model, same_classes=True).load(resolve_weights(cfg.MODEL.WEIGHTS))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if backbone_runtime == "onnxruntime":
@@ -165,10 +184,22 @@ class BatchPredictor:
                             collate_fn=lambda batch: batch)
         yield from loader
 
-    @torch.inference_mode()
     def predict_batch(self, batch, masks="rle", probability=False):
         """Results for one batch from :meth:`batches`, in order; unreadable inputs raise or give
-        ``{"error": message}`` (``on_error``)."""
+        ``{"error": message}`` (``on_error``). With ``on_error="skip"``, a batch whose inference
+        fails is retried image by image, so one bad input costs only its own result."""
+        try:
+            return self._predict_batch(batch, masks, probability)
+        except Exception as e:  # noqa: BLE001 - whatever the model raises on one input
+            if self.on_error != "skip":
+                raise
+            if len(batch) > 1:
+                return [r for x in batch for r in self.predict_batch([x], masks, probability)]
+            return [{"error": f"{batch[0].get('name', 'input')}: inference failed "
+                              f"({type(e).__name__}: {e})"}]
+
+    @torch.inference_mode()
+    def _predict_batch(self, batch, masks, probability):
         bad = [x for x in batch if "error" in x]
         if bad and self.on_error == "raise":
             raise InputImageError(bad[0]["error"])

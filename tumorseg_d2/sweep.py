@@ -427,7 +427,7 @@ def evaluate_best(cfg, best, trial_dir, output):
     cfg.MODEL.WEIGHTS = weights
     cfg.freeze()
     model = Trainer.build_model(cfg)
-    SafeCheckpointer(model).load(weights)
+    SafeCheckpointer(model, same_classes=True).load(weights)
     metrics = evaluate_split(cfg, model, dataset, out)
     metrics["weights"] = weights
     save_results(metrics, done)

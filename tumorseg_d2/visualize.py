@@ -139,7 +139,9 @@ def visualize_split(cfg, dataset_name, output_dir, num=8, sort="worst", score_th
 
 def main(argv=None):
     import argparse
+    import logging
 
+    from .data.check import check_at_start
     from .engine.run import setup
     from .evaluate import dataset_for
 
@@ -157,8 +159,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = setup(argparse.Namespace(config_file=args.config_file, eval_only=True, resume=False,
                                    opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output]
-                                   + args.opts))
-    rows = visualize_split(cfg, dataset_for(cfg, args.split), args.output, args.num, args.sort,
+                                   + args.opts), check=())
+    name = dataset_for(cfg, args.split)
+    check_at_start([name], cfg.DATASETS.CHECK, logging.getLogger("tumorseg_d2"))
+    rows = visualize_split(cfg, name, args.output, args.num, args.sort,
                            args.score_threshold, scale=args.scale)
     print(f"{len(rows)} panels ({args.sort} by Dice) and contact_sheet.png in {args.output}")
     return rows

@@ -18,12 +18,15 @@ the structure checks (no image decoding) at start-up: ``DATASETS.CHECK``.
 """
 import hashlib
 import json
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from multiprocessing import Pool
 
 import numpy as np
+
+from ..files import UnsafeFileError, confined_path, image_depth_problem, load_json
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 TINY_BOX_SIDE = 4.0  # px: smaller boxes are implausible for a tumor in a 640 px slice
@@ -48,8 +51,9 @@ class Finding:
 def load_coco(json_path, split):
     """(coco dict, findings): the json parsed and checked to be COCO, else a fatal finding."""
     try:
-        with open(json_path) as f:
-            coco = json.load(f)
+        coco = load_json(json_path)
+    except UnsafeFileError as e:
+        return None, [Finding("error", "unsafe_json", split, str(e), [json_path])]
     except FileNotFoundError:
         return None, [Finding("error", "missing_json", split,
                               f"{json_path} does not exist: pass a split folder that holds "
@@ -133,7 +137,33 @@ def annotation_problems(ann, image):
     return problems
 
 
+MALFORMED = ("malformed_image", "malformed_category", "malformed_annotation", "unsafe_file_name")
+
 MESSAGES = {
+    "unsafe_json": "the annotation file was refused before parsing.",
+    "malformed_image": "image entries that are not objects, or whose id is not an integer, "
+                       "file_name not a string, or width/height not positive integers: they "
+                       "cannot be loaded. They are left out of training and evaluation (with "
+                       "DATASETS.CHECK warn); --fix drops them. Fix the export.",
+    "unsafe_file_name": "file names that are absolute or lead out of the split folder ('../'): a "
+                        "tool would read or write files elsewhere. They are left out; --fix drops "
+                        "them.",
+    "malformed_category": "categories without an integer id and a name (null, a string id, ...): "
+                          "left out; their annotations become 'unknown_category'.",
+    "malformed_annotation": "annotations with a value of the wrong type: a non-integer id, "
+                            "image_id or category_id (e.g. the string \"1\"), a bbox that is not "
+                            "4 finite numbers (NaN, Infinity, null, strings), polygons that are not "
+                            "lists of finite numbers, malformed RLE, or null entries. They are left "
+                            "out of training and evaluation (with DATASETS.CHECK warn); --fix "
+                            "drops them.",
+    "rle_segmentation": "masks stored as RLE: training and evaluation convert each to polygons "
+                        "(the outline of every region; holes inside a region are filled), "
+                        "because the model's mask format is polygons.",
+    "not_8bit": "images that are not 8-bit (16-bit or float grayscale, 48-bit color) or hold "
+                "several frames: reading them as 8-bit would clip or drop data silently. Convert "
+                "them to 8-bit with the intensity window of the other slices.",
+    "same_split_name": "two inputs resolve to the same split name: the second would replace the "
+                       "first. Pass them as separate runs, or rename one folder.",
     "duplicate_image_id": "image ids used twice: annotations cannot be attributed. --fix keeps the "
                           "first image of each id.",
     "duplicate_file_name": "the same file listed twice: it would be trained and scored twice. "
@@ -184,10 +214,112 @@ MESSAGES = {
 }
 
 
+# ---------------------------------------------------------------- value types (no decoding)
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _rle_problem(seg):
+    size, counts = seg.get("size"), seg.get("counts")
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)):
+        return f"RLE size {size!r} is not [height, width]"
+    if not (isinstance(counts, str) or
+            (isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts))):
+        return "RLE counts are neither a string nor a list of non-negative integers"
+    return None
+
+
+def image_problem(im, image_dir):
+    """Why an image entry cannot be used (None if it can): types, size, a file name that leaves
+    the split folder."""
+    if not isinstance(im, dict):
+        return "malformed_image", f"entry {im!r:.60} is not an object"
+    where = f"image {im.get('id')!r} ({im.get('file_name')!r:.80})"
+    if not _is_int(im.get("id")):
+        return "malformed_image", f"{where}: id {im.get('id')!r} is not an integer"
+    name = im.get("file_name")
+    if not isinstance(name, str) or not name:
+        return "malformed_image", f"{where}: file_name is not a non-empty string"
+    for key in ("width", "height"):
+        if not (_is_int(im.get(key)) and im[key] > 0):
+            return "malformed_image", f"{where}: {key} {im.get(key)!r} is not a positive integer"
+    try:
+        confined_path(image_dir, name)
+    except UnsafeFileError:
+        return "unsafe_file_name", f"{where}: file_name leads out of the split folder"
+    return None
+
+
+def annotation_problem(ann):
+    """Why an annotation entry cannot be used (None if it can): id types, bbox of 4 finite
+    numbers, polygons of finite numbers, well-formed RLE."""
+    if not isinstance(ann, dict):
+        return f"entry {ann!r:.60} is not an object"
+    where = f"annotation {ann.get('id')!r} (image {ann.get('image_id')!r})"
+    for key in ("id", "image_id", "category_id"):
+        if not _is_int(ann.get(key)):
+            return f"{where}: {key} {ann.get(key)!r} is not an integer"
+    bbox, seg = ann.get("bbox"), ann.get("segmentation")
+    if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4
+                                 and all(_is_number(v) for v in bbox)):
+        return f"{where}: bbox {bbox!r:.80} is not 4 finite numbers [x, y, width, height]"
+    if isinstance(seg, dict):
+        problem = _rle_problem(seg)
+        if problem:
+            return f"{where}: {problem}"
+    elif seg is not None:
+        if not isinstance(seg, list) or not all(
+                isinstance(p, list) and all(_is_number(v) for v in p) for p in seg):
+            return f"{where}: segmentation is neither polygons (lists of finite numbers) nor RLE"
+        if any(len(p) % 2 for p in seg):
+            return f"{where}: a polygon has an odd number of coordinates"
+    if ann.get("iscrowd", 0) not in (0, 1):
+        return f"{where}: iscrowd {ann.get('iscrowd')!r} is not 0 or 1"
+    return None
+
+
+def validate_coco(coco, image_dir):
+    """(coco with only well-formed entries, {code: [item, ...]} of the entries left out).
+
+    Every later check, the loader and --fix see only the well-formed entries, so a malformed value
+    (NaN, a string id, a bbox of 3 numbers, null) is named here and can crash nothing later."""
+    dropped = defaultdict(list)
+    images = []
+    for im in coco["images"]:
+        problem = image_problem(im, image_dir)
+        if problem:
+            dropped[problem[0]].append(problem[1])
+        else:
+            images.append(im)
+    categories = []
+    for c in coco["categories"]:
+        if isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str):
+            categories.append(c)
+        else:
+            dropped["malformed_category"].append(f"{c!r:.80}: needs an integer id and a name")
+    annotations = []
+    for a in coco["annotations"]:
+        problem = annotation_problem(a)
+        if problem:
+            dropped["malformed_annotation"].append(problem)
+        else:
+            annotations.append(a)
+    rle = [f"annotation {a['id']} (image {a['image_id']})" for a in annotations
+           if isinstance(a.get("segmentation"), dict)]
+    if rle:
+        dropped["rle_segmentation"] = rle  # kept (a warning): the loader converts them
+    return dict(coco, images=images, annotations=annotations, categories=categories), dropped
+
+
 def check_structure(coco, image_dir, split):
-    """The cheap checks: ids, categories, geometry, listed files present. No decoding."""
+    """The cheap checks: value types (validate_coco), ids, categories, geometry, listed files
+    present. No decoding. Returns (findings, the coco of well-formed entries)."""
+    coco, found = validate_coco(coco, image_dir)
     images, anns, cats = coco["images"], coco["annotations"], coco["categories"]
-    found = defaultdict(list)
     found["duplicate_image_id"] = _duplicates(im.get("id") for im in images)
     found["duplicate_file_name"] = _duplicates(im.get("file_name") for im in images)
     found["duplicate_annotation_id"] = _duplicates(a.get("id") for a in anns)
@@ -219,11 +351,11 @@ def check_structure(coco, image_dir, split):
     found["missing_image"] = [im.get("file_name") for im in images
                               if not os.path.isfile(os.path.join(image_dir, str(im.get("file_name"))))]
     return [Finding(severity_of(code), code, split, MESSAGES[code], items)
-            for code, items in found.items() if items]
+            for code, items in found.items() if items], coco
 
 
 def severity_of(code):
-    warnings = {"zero_annotation_id", "unused_category", "bbox_polygon_mismatch", "tiny_box",
+    warnings = {"rle_segmentation", "zero_annotation_id", "unused_category", "bbox_polygon_mismatch", "tiny_box",
                 "box_masks", "no_annotations", "unlisted_file", "exact_duplicate",
                 "near_duplicate", "near_duplicate_across_splits"}
     return "warning" if code in warnings else "error"
@@ -237,6 +369,9 @@ def read_image(path):
 
     try:
         with Image.open(path) as img:
+            problem = image_depth_problem(img)
+            if problem:
+                return f"not_8bit: {problem}", None, None, None, None
             img.load()  # decodes fully: truncated files raise here
             gray = img.convert("L")
             digest = hashlib.sha1(np.asarray(img).tobytes()).hexdigest()
@@ -257,7 +392,9 @@ def check_files(coco, image_dir, split, workers=2):
     found = defaultdict(list)
     for im in coco["images"]:
         w, h = decoded.get(im.get("file_name"), (None, None))[:2]
-        if h is None and w is not None:
+        if h is None and w is not None and w.startswith("not_8bit: "):
+            found["not_8bit"].append(f"{im['file_name']}: {w[len('not_8bit: '):]}")
+        elif h is None and w is not None:
             found["unreadable_image"].append(f"{im['file_name']}: {w}")
         elif h is not None and (im.get("width"), im.get("height")) != (w, h):
             found["size_mismatch"].append(
@@ -317,8 +454,11 @@ def check_splits(splits, deep=True, min_similarity=NEAR_DUPLICATE_SIMILARITY, wo
         findings += fatal
         if coco is None:
             continue
-        findings += check_structure(coco, image_dir, split)
-        details[split] = {"coco": coco, "image_dir": image_dir, "decoded": {}}
+        structure, clean = check_structure(coco, image_dir, split)
+        findings += structure
+        details[split] = {"coco": clean, "image_dir": image_dir, "decoded": {},
+                          "malformed": [(f.code, item) for f in structure
+                                        if f.code in MALFORMED for item in f.items]}
         if deep:
             file_findings, details[split]["decoded"] = check_files(coco, image_dir, split, workers)
             findings += file_findings
@@ -352,7 +492,7 @@ def check_at_start(dataset_names, policy="refuse", logger=None):
     for name in dict.fromkeys(dataset_names):
         json_path, image_dir = dataset_files(name)
         coco, fatal = load_coco(json_path, name)
-        findings += fatal if coco is None else check_structure(coco, image_dir, name)
+        findings += fatal if coco is None else check_structure(coco, image_dir, name)[0]
     errors = [f for f in findings if f.severity == "error"]
     for f in findings:
         if logger and (f.severity == "warning" or policy == "warn"):

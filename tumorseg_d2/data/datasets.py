@@ -14,10 +14,18 @@ The root folder holds ``{train,valid,test}/_annotations.coco.json`` and the imag
 the ``root`` passed to :func:`register_tumorseg` (the config key ``DATASETS.TUMORSEG_ROOT``),
 ``$DETECTRON2_DATASETS/tumorseg``, or ``datasets/tumorseg`` (Detectron2's convention).
 """
+import logging
 import os
 
+import cv2
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.coco import load_coco_json
+from detectron2.structures import BoxMode
+from pycocotools import mask as mask_util
+
+from ..files import load_json
+from .check import validate_coco
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 ANNOTATION_FILE = "_annotations.coco.json"
@@ -52,9 +60,9 @@ def split_paths(root, split):
 def load_tumorseg(root, split, class_agnostic=False):
     """Load one split as Detectron2 dataset dicts with contiguous category ids."""
     json_file, image_root = split_paths(root, split)
-    # dataset_name=None keeps the export's category ids; we map them here so that the placeholder
-    # category does not become a class.
-    dicts = load_coco_json(json_file, image_root, dataset_name=None)
+    # The export's category ids are kept here and mapped below, so that the placeholder category
+    # does not become a class.
+    dicts = load_coco_dicts(json_file, image_root)
     id_map = contiguous_id_map(class_agnostic)
     for record in dicts:
         for ann in record.get("annotations", []):
@@ -66,6 +74,52 @@ def load_tumorseg(root, split, class_agnostic=False):
                     "unused placeholder). Fix the annotation or use the original export."
                 )
             ann["category_id"] = id_map[cat]
+    return dicts
+
+
+def rle_to_polygons(rle):
+    """The outline of every region of an RLE mask as flat polygons (holes are filled: polygons
+    in Detectron2 are a union)."""
+    if isinstance(rle["counts"], list):  # uncompressed RLE
+        rle = mask_util.frPyObjects(rle, *rle["size"])
+    mask = mask_util.decode(rle)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def load_coco_dicts(json_file, image_root):
+    """Detectron2 dataset dicts of a COCO instances file (as detectron2's load_coco_json, with the
+    json's category ids), reading only the entries check.validate_coco accepts: a malformed entry
+    is logged and left out, never a crash later (DATASETS.CHECK warn). RLE masks become polygons."""
+    coco, dropped = validate_coco(load_json(json_file), image_root)
+    for code, items in dropped.items():
+        if code != "rle_segmentation":
+            logger.warning(f"{json_file}: {len(items)} {code} entries left out, e.g. {items[0]}")
+    by_image = {}
+    for ann in coco["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    dicts, converted = [], 0
+    for im in sorted(coco["images"], key=lambda im: im["id"]):
+        objs = []
+        for ann in by_image.get(im["id"], []):
+            if ann.get("ignore", 0) or ann.get("bbox") is None:
+                continue
+            obj = {"bbox": ann["bbox"], "bbox_mode": BoxMode.XYWH_ABS,
+                   "category_id": ann["category_id"], "iscrowd": ann.get("iscrowd", 0)}
+            seg = ann.get("segmentation")
+            if isinstance(seg, dict):
+                seg, converted = rle_to_polygons(seg), converted + 1
+            if seg is not None:
+                seg = [p for p in seg if len(p) >= 6]
+                if not seg:  # as load_coco_json: an instance needs a drawable mask
+                    continue
+                obj["segmentation"] = seg
+            objs.append(obj)
+        dicts.append({"file_name": os.path.join(image_root, im["file_name"]),
+                      "height": im["height"], "width": im["width"], "image_id": im["id"],
+                      "annotations": objs})
+    if converted:
+        logger.info(f"{json_file}: {converted} RLE masks converted to polygons.")
     return dicts
 
 

@@ -7,6 +7,7 @@ import copy
 import os
 import shutil
 
+from ..files import confined_path
 from .check import (GEOMETRY_TOLERANCE, TINY_BOX_SIDE, annotation_problems, polygon_area,
                     polygon_bounds)
 
@@ -43,7 +44,8 @@ def fix_images(coco, image_dir, decoded, log, copies=None):
                   else "duplicate image id" if im.get("id") in ids
                   else "duplicate file name" if name in names
                   else "missing file" if not os.path.isfile(os.path.join(image_dir, str(name)))
-                  else "unreadable file" if props is not None and props[1] is None else None)
+                  else f"unreadable file ({props[0]})" if props is not None and props[1] is None
+                  else None)
         if reason:
             log("drop image", f"{name} (id {im.get('id')})", reason)
             continue
@@ -95,13 +97,19 @@ def fix_annotation(ann, image, log):
     return ann
 
 
-def fix_split(coco, image_dir, decoded, out_dir, split, copies=None):
+def fix_split(coco, image_dir, decoded, out_dir, split, copies=None, malformed=()):
     """Write the corrected split's images to out_dir; returns (corrected json, change log).
-    ``copies``: {file: original} of exact copies to drop (see :func:`exact_copies`)."""
+    ``coco`` holds the well-formed entries (check.validate_coco); ``malformed``: [(code, item)] of
+    those left out, logged as dropped. ``copies``: {file: original} of exact copies to drop (see
+    :func:`exact_copies`). Every file is written inside out_dir, whatever a file_name says."""
     changes = []
 
     def log(action, item, detail):
         changes.append({"split": split, "action": action, "item": item, "detail": detail})
+
+    for code, item in malformed:
+        log(f"drop {code.split('_', 1)[1] if code.startswith('malformed') else 'image'}", item,
+            code)
 
     images = fix_images(coco, image_dir, decoded, log, copies)
     by_id = {im["id"]: im for im in images}
@@ -131,6 +139,8 @@ def fix_split(coco, image_dir, decoded, out_dir, split, copies=None):
             a["id"] = i
     os.makedirs(out_dir, exist_ok=True)
     for im in images:
-        shutil.copy2(os.path.join(image_dir, im["file_name"]), os.path.join(out_dir, im["file_name"]))
+        target = confined_path(out_dir, im["file_name"])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy2(confined_path(image_dir, im["file_name"]), target)
     fixed = dict(coco, images=images, annotations=annotations, categories=categories)
     return fixed, changes

@@ -14,6 +14,7 @@ from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..config import get_tumorseg_cfg, merge_config, validate_config
 from ..data import register_tumorseg
 from ..data.check import check_at_start
+from ..files import lock_folder
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
@@ -29,8 +30,12 @@ def setup(args, check=None):
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
     check_num_classes(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
+    # One training per folder: a second would mix checkpoints and report the other's model.
+    stale = lock_folder(cfg.OUTPUT_DIR) if not args.eval_only and comm.is_main_process() else None
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
+    if stale:
+        logger.info(f"Took over the lock of an earlier run that has ended ({stale}).")
     if no_gpu:
         logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
     if check is None:
@@ -102,7 +107,7 @@ def train_and_test(cfg, args):
             raise ValueError("--eval-only needs weights to evaluate: add MODEL.WEIGHTS <checkpoint>, "
                              "e.g. output/model_best.pth.")
         model = Trainer.build_model(cfg)
-        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+        SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).resume_or_load(
             resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
         )
         return Trainer.test(cfg, model)
@@ -119,7 +124,7 @@ def train_and_test(cfg, args):
     weights = final_weights(cfg.OUTPUT_DIR)
     logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
     model = trainer.model
-    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load(weights)
+    SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).load(weights)
     if comm.get_world_size() > 1:
         comm.synchronize()
     return Trainer.test(cfg, model)
