@@ -238,8 +238,8 @@ class FolderLockedError(RuntimeError):
 
 def lock_folder(folder, what="training"):
     """Hold ``folder``/.tumorseg.lock for the life of this process, or raise FolderLockedError
-    naming the pid and host of the process holding it. The lock is an flock, so the kernel
-    releases it when its process dies: the lock file of a killed run is stale, and is taken over
+    naming the pid and host of the process holding it. The kernel releases the lock when its
+    process dies: the lock file of a killed run is stale, and is taken over
     (its pid is logged by the caller through the return value). Returns the previous holder's
     description when a stale lock was taken over, else None. Reentrant within a process."""
     import fcntl
@@ -254,8 +254,12 @@ def lock_folder(folder, what="training"):
     f.seek(0)
     previous = f.read().strip()
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        # A POSIX record lock, not flock: it belongs to this process alone, so the DataLoader
+        # workers it forks do not inherit it and keep it after a kill.
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EAGAIN):
+            raise
         f.close()
         raise FolderLockedError(
             f"{folder} is in use by another {what} ({previous or 'unknown process'}). Two runs in "
@@ -290,13 +294,14 @@ def confined_path(folder, relative, what="file name"):
 
 def refuse_output_inside_inputs(output, inputs, option="--output"):
     """Raise UnsafeFileError when the output folder is an input folder or inside one (a tool would
-    then read its own outputs on a rerun, or write over its inputs). ``inputs``: folders, or globs
-    (their folder part counts); single files are not folders and are skipped."""
+    then write among its inputs, or read its own outputs on a rerun). A glob's folder counts only
+    as itself (a glob does not descend into subfolders); single files are skipped."""
     for item in inputs:
-        if any(c in item for c in "*?["):
+        is_glob = any(c in item for c in "*?[")
+        if is_glob:
             item = os.path.dirname(item.split("*")[0].split("?")[0].split("[")[0]) or "."
         if not os.path.isdir(item):
             continue
-        if inside(output, item):
+        if (os.path.realpath(output) == os.path.realpath(item)) if is_glob else inside(output, item):
             raise UnsafeFileError(f"{option} {output} is inside the input folder {item}: choose "
                                   "an output folder outside the inputs (inputs are never written).")
