@@ -156,8 +156,9 @@ def compared(phantom_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines")
     configs = [os.path.join(BASELINES, f"{n}_cpu.yaml") for n in PIXEL_CONFIGS] \
         + [os.path.join(BASELINES, "mask_rcnn_R_18_FPN_256_bs1_cpu.yaml")]
+    # The documented form: KEY VALUE overrides last, for every training and evaluation.
     proc = run_tool("compare.py", "--train", *configs, "--output", str(out), "--images", "2",
-                    "--opts", "DATASETS.TUMORSEG_ROOT", phantom_root, *SHORT)
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, *SHORT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return out, proc
 

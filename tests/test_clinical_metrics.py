@@ -101,3 +101,54 @@ def test_threshold_maximises_f1():
              prediction(1, [(5, 5, 15, 15)], [0.4], [0])]
     t, f1s = clinical.best_threshold(preds, recs)
     assert t == 0.45 and f1s[t] == 1.0 and f1s[0.4] < 1.0
+
+
+def _irregular_mask(rng, size=96):
+    """A blob with a ragged outline: smoothed noise, thresholded, plus a few random discs."""
+    import cv2
+
+    noise = cv2.GaussianBlur(rng.random((size, size)).astype(np.float32), (0, 0), 4)
+    mask = noise > np.quantile(noise, 0.7)
+    yy, xx = np.mgrid[:size, :size]
+    for _ in range(3):
+        cy, cx, r = rng.integers(10, size - 10), rng.integers(10, size - 10), rng.integers(3, 12)
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    return mask
+
+
+def _reference_hd95(a, b):
+    """Independent HD95 (MONAI's definition): edges by scipy's binary erosion, exact distances by
+    brute force, the larger of the two directed 95th percentiles; and the pooled variant."""
+    from scipy.ndimage import binary_erosion
+    from scipy.spatial.distance import cdist
+
+    ea = np.argwhere(a & ~binary_erosion(a))
+    eb = np.argwhere(b & ~binary_erosion(b))
+    d = cdist(ea, eb)
+    ab, ba = d.min(axis=1), d.min(axis=0)
+    return max(np.percentile(ab, 95), np.percentile(ba, 95)), np.percentile(np.r_[ab, ba], 95)
+
+
+def test_hd95_follows_monai_on_irregular_masks():
+    rng = np.random.default_rng(0)
+    differs = 0
+    for _ in range(8):
+        a, b = _irregular_mask(rng), _irregular_mask(rng)
+        monai, pooled = _reference_hd95(a, b)
+        assert M.hausdorff95(a, b) == pytest.approx(monai, rel=1e-4, abs=1e-3)
+        assert M.hausdorff95_pooled(a, b) == pytest.approx(pooled, rel=1e-4, abs=1e-3)
+        assert M.hausdorff95(a, b) == M.hausdorff95(b, a)
+        differs += M.hausdorff95(a, b) > M.hausdorff95_pooled(a, b) + 1e-6
+    assert differs >= 4  # the two conventions really differ on such shapes
+
+
+def test_hd95_counts_the_images_it_leaves_out():
+    from tumorseg_d2.clinical import summarize
+
+    rows = [{"tumors": 1, "hd95": 2.0, "hd95_pooled": 1.5}, {"tumors": 1, "hd95": float("nan"),
+            "hd95_pooled": float("nan")}, {"tumors": 0, "hd95": float("nan"),
+                                            "hd95_pooled": float("nan")}]
+    base = {"found": 0, "detections": 0, "tp_px": 0, "fp_px": 0, "fn_px": 0, "outcome": "found",
+            "dice": 0.0, "iou": 0.0}
+    s = summarize([{**base, **r} for r in rows])
+    assert s["hd95_mean"] == 2.0 and s["hd95_images"] == 1 and s["hd95_missing"] == 1

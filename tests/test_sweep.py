@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,10 @@ import pytest
 import torch
 from detectron2.solver import build_lr_scheduler as detectron2_scheduler
 
-from tumorseg_d2.config import get_tumorseg_cfg
+from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.engine.schedule import build_lr_scheduler
+from tumorseg_d2.sweep import sweep_seed, valid_metrics
 
 from conftest import REPO, SCRATCH_CFG, TINY, run_tool
 
@@ -66,6 +69,15 @@ def test_sweep_on_phantom_shares_checkpoints_and_resumes(phantom_root, tmp_path)
     rows = read_csv(os.path.join(out, "results.csv"))
     assert sorted((float(r["lr"]), int(r["iters"])) for r in rows) == \
         [(5e-4, 3), (5e-4, 5), (1e-3, 3), (1e-3, 5)]
+    # --metric accepts exactly the figures the validation rows record.
+    recorded = {k for line in open(os.path.join(out, "trials", "lr0.001", "milestones.jsonl"))
+                for k in json.loads(line)} - {"lr", "iters", "train_s", "eval_s", "checkpoint"}
+    cfg = merge_config(get_tumorseg_cfg(), SCRATCH_CFG, [])
+    register_tumorseg(phantom_root)
+    assert set(valid_metrics(cfg)) == recorded
+    # Every file the last lines name exists.
+    for name in re.findall(r"[\w/.-]+\.(?:md|csv|json|png)", proc.stdout.split("[sweep] results:")[1]):
+        assert os.path.isfile(os.path.join(out, name)) or os.path.isfile(name), name
     assert all(float(r["validation_loss"]) > 0 and r["segm/AP"] != "" for r in rows)
     best = json.load(open(os.path.join(out, "best.json")))
     top = max(rows, key=lambda r: (float(r["segm/AP"]), -int(r["iters"])))
@@ -139,6 +151,19 @@ def test_length_dependent_schedule_trains_each_length(phantom_root, tmp_path):
     assert "depends on SOLVER.MAX_ITER" in proc.stdout + proc.stderr
     assert sorted(os.listdir(os.path.join(out, "trials"))) == ["lr0.001_iters2", "lr0.001_iters3"]
     assert "training iterations: 5 for 2 grid points (separate runs would need 5)" in proc.stdout
+
+
+def test_sweep_keeps_the_seed_of_the_config_file(tmp_path):
+    assert sweep_seed(str(tmp_path), 7) == 7  # SEED 7 in the file or as an override
+    assert 0 <= sweep_seed(str(tmp_path), -1) < 2**16  # none: a new one, recorded in sweep.json
+    (tmp_path / "sweep.json").write_text(json.dumps({"config": {"SEED": 123}}))
+    assert sweep_seed(str(tmp_path), -1) == 123
+
+
+def test_every_recorded_figure_of_a_pixel_model_is_a_sweep_metric():
+    cfg = merge_config(get_tumorseg_cfg(), os.path.join(
+        REPO, "configs", "baselines", "unet_cpu.yaml"), [])
+    assert {"overlap/Dice", "val_loss_bce", "val_loss_dice", "segm/AP50"} <= set(valid_metrics(cfg))
 
 
 def test_unknown_metric_is_refused_before_training(phantom_root, tmp_path):

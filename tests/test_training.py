@@ -108,10 +108,13 @@ def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
 
     cfg = merge_config(get_tumorseg_cfg(), RECIPE_CFG, ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
-    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(tmp_path)).save("r50_checkpoint")
+    # Saving tags last_checkpoint, which marks a run folder: evaluation writes beside it.
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    DetectionCheckpointer(Trainer.build_model(cfg), save_dir=str(weights)).save("r50_checkpoint")
     out = tmp_path / "eval"
     proc = run_tool("train_net.py", "--config-file", RECIPE_CFG, "--eval-only",
-                    "MODEL.WEIGHTS", str(tmp_path / "r50_checkpoint.pth"), "MODEL.DEVICE", "cpu",
+                    "MODEL.WEIGHTS", str(weights / "r50_checkpoint.pth"), "MODEL.DEVICE", "cpu",
                     "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(out),
                     "DATALOADER.NUM_WORKERS", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,7 +18,9 @@ from detectron2.utils.logger import setup_logger
 
 from tumorseg_d2.benchmark import markdown, run_benchmarks
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config, validate_config
-from tumorseg_d2.data import dataset_name as split_name, register_tumorseg
+from tumorseg_d2.data import register_tumorseg
+from tumorseg_d2.evaluate import dataset_for
+from tumorseg_d2.files import refuse_output_in_training_run
 from tumorseg_d2.engine.run import final_weights, use_cpu_without_gpu
 
 SECTIONS = ("limit", "train", "load", "infer", "eval")
@@ -56,10 +58,11 @@ def main(argv=None):
         cfg.MODEL.WEIGHTS = final_weights(cfg.OUTPUT_DIR) or ""
     cfg.freeze()
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
-    name = split_name(args.split)
+    name = dataset_for(cfg, args.split)  # the one-class split for a class-agnostic config
     if args.images:
         name = first_images(name, args.images)
     command = "python tools/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    refuse_output_in_training_run(args.output)
     os.makedirs(args.output, exist_ok=True)
 
     def save(result):  # after every section: an interrupted run keeps what it measured

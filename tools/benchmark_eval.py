@@ -18,7 +18,9 @@ import numpy as np
 from detectron2.data import DatasetCatalog
 
 from tumorseg_d2.clinical import to_prediction
-from tumorseg_d2.data import dataset_name, register_tumorseg
+from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+from tumorseg_d2.data import register_tumorseg
+from tumorseg_d2.evaluate import dataset_for
 from tumorseg_d2.evaluation import GroundTruthModel
 from tumorseg_d2.report import evaluate_predictions
 
@@ -47,13 +49,17 @@ def jittered_predictions(name, seed=0):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config-file", default="configs/mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml",
+                   help="the split's classes follow its datasets (one class for a class-agnostic "
+                   "config such as configs/baselines/*)")
     p.add_argument("--split", default="test")
     p.add_argument("--root", help="dataset root (default: $DETECTRON2_DATASETS/tumorseg)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--output", default="output/benchmarks/eval.json")
     args = p.parse_args()
+    cfg = merge_config(get_tumorseg_cfg(), args.config_file, [])
     register_tumorseg(args.root)
-    name = dataset_name(args.split)
+    name = dataset_for(cfg, args.split)
     preds = jittered_predictions(name)
     times = []
     with tempfile.TemporaryDirectory() as tmp:

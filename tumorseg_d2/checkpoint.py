@@ -116,11 +116,6 @@ class SafeCheckpointer(DetectionCheckpointer):
         super().__init__(model, save_dir, **kwargs)
         self.same_classes = same_classes
 
-    @classmethod
-    def like(cls, checkpointer):
-        return cls(checkpointer.model, checkpointer.save_dir, save_to_disk=checkpointer.save_to_disk,
-                   **checkpointer.checkpointables)
-
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
             return

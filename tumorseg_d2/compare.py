@@ -2,6 +2,7 @@
 
     python tools/compare.py RUN_DIR [RUN_DIR ...] [--output DIR] [--split test]
     python tools/compare.py --train CONFIG [CONFIG ...] --output DIR [KEY VALUE ...]
+    python tools/compare.py RUN_DIR ... --output DIR [KEY VALUE ...]   (overrides for evaluation)
 
 A run is an OUTPUT_DIR of tools/train_net.py (its config.yaml, checkpoints and
 training_summary.json). ``--train`` first trains each config into ``DIR/<config name>`` with
@@ -20,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ from .data import register_tumorseg
 from .engine.run import final_weights, use_cpu_without_gpu
 from .engine.trainer import Trainer
 from .evaluate import dataset_for
+from .files import refuse_output_in_training_run
 from .report import evaluate_predictions, fmt_value, markdown_table, predict
 from .visualize import draw_overlay, save_rgb, titled
 
@@ -214,23 +217,44 @@ def _tile(image, title, size):
 
 
 # ---------------------------------------------------------------- command line
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
 def parse_args(argv=None):
+    """As documented: ``RUN_DIR... [--train CONFIG...] [--output DIR] [KEY VALUE...]``, the
+    overrides last, as for tools/train_net.py; they start at the first KEY (e.g. SOLVER.MAX_ITER)."""
     p = argparse.ArgumentParser(description="Compare trained runs on one split: a Markdown + CSV "
                                 "table and a figure of the same images under each model.")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="OUTPUT_DIRs of tools/train_net.py")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="OUTPUT_DIRs of tools/train_net.py, "
+                   "then KEY VALUE config overrides for every training and evaluation")
     p.add_argument("--train", nargs="+", default=[], metavar="CONFIG",
                    help="train these configs into OUTPUT/<config name> first (skips finished runs)")
     p.add_argument("--output", default="output/compare")
     p.add_argument("--split", default="test")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--images", type=int, default=4, help="images in compare.png")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
-                   help="KEY VALUE config overrides for every training and evaluation")
-    return p.parse_args(argv)
+    p.add_argument("--opts", nargs="+", default=[],
+                   help="KEY VALUE config overrides (the same as giving them last)")
+    args = p.parse_intermixed_args(argv)
+    args.runs, opts_after_runs = split_overrides(args.runs)
+    args.train, opts_after_train = split_overrides(args.train)
+    args.opts = opts_after_train + opts_after_runs + list(args.opts)
+    if len(args.opts) % 2:
+        p.error(f"config overrides come in KEY VALUE pairs; got {' '.join(args.opts)}")
+    return args
+
+
+def split_overrides(items):
+    """(paths, overrides): ``items`` cut at the first config key that is not an existing path."""
+    for i, item in enumerate(items):
+        if CONFIG_KEY.match(item) and not os.path.exists(item):
+            return items[:i], items[i:]
+    return items, []
 
 
 def main(argv=None):
     args = parse_args(argv)
+    refuse_output_in_training_run(args.output)
     os.makedirs(args.output, exist_ok=True)
     setup_logger(args.output, name="tumorseg_d2")
     setup_logger(args.output, name="detectron2", abbrev_name="d2")

@@ -70,6 +70,28 @@ def validate_config(cfg):
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.EVAL_PERIOD > 0.")
 
 
+def check_trainable(cfg):
+    """Training from scratch (MODEL.WEIGHTS "") needs a backbone that can learn its normalisation:
+    FrozenBN is frozen at its initial identity (the statistics a pretrained model would bring), so
+    the activations of a random ResNet grow unchecked and the losses explode at once; frozen stages
+    would stay random."""
+    if cfg.MODEL.WEIGHTS or cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN" \
+            or "resnet" not in cfg.MODEL.BACKBONE.NAME:
+        return
+    problems = []
+    if cfg.MODEL.RESNETS.NORM == "FrozenBN":
+        problems.append("MODEL.RESNETS.NORM is FrozenBN (set BN, or GN for small batches)")
+    if cfg.MODEL.BACKBONE.FREEZE_AT > 0:
+        problems.append(f"MODEL.BACKBONE.FREEZE_AT is {cfg.MODEL.BACKBONE.FREEZE_AT} (set 0)")
+    if problems:
+        raise ValueError(
+            "MODEL.WEIGHTS is empty, so the ResNet trains from scratch, but "
+            + " and ".join(problems) + ": the backbone would not learn (with FrozenBN the losses "
+            "explode within a few iterations). Either give pretrained weights (MODEL.WEIGHTS, see "
+            "README 'Weights') or add: MODEL.RESNETS.NORM BN MODEL.BACKBONE.FREEZE_AT 0, as "
+            "configs/mask_rcnn_R_18_FPN_scratch_cpu.yaml does.")
+
+
 def flatten(node, prefix=""):
     """{"SOLVER.BASE_LR": 0.001, ...}: every leaf of a config."""
     flat = {}

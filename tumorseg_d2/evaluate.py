@@ -21,7 +21,8 @@ def parse_args(argv=None):
     p.add_argument("--config-file", required=True)
     p.add_argument("--weights", required=True, help="checkpoint (.pth/.pkl) or detectron2:// URL")
     p.add_argument("--split", default="test", help="train, valid, test or a registered name")
-    p.add_argument("--output", help="default: <OUTPUT_DIR>/evaluation/<dataset>")
+    p.add_argument("--output", help="default: <OUTPUT_DIR>/evaluation/<dataset>, or "
+                   "<OUTPUT_DIR>-eval/evaluation/<dataset> when OUTPUT_DIR is a training run")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--score-threshold", type=float, default=0.5)
     group.add_argument("--threshold-from", metavar="SPLIT",
@@ -32,10 +33,12 @@ def parse_args(argv=None):
 
 
 def dataset_for(cfg, split):
-    """A split name ('test') in the naming of the config's datasets, or a registered name as is."""
+    """A split name ('test') in the naming of the config's datasets (a class-agnostic config gets
+    the one-class split), or a registered name as is."""
     if split in DatasetCatalog.list():
         return split
-    return cfg.DATASETS.TEST[0].rsplit("_", 1)[0] + "_" + split
+    named = (cfg.DATASETS.TEST or cfg.DATASETS.VAL or cfg.DATASETS.TRAIN)[0]
+    return named.rsplit("_", 1)[0] + "_" + split
 
 
 def evaluate_split(cfg, model, dataset_name, output_dir, threshold=0.5, threshold_from=None):
@@ -57,7 +60,7 @@ def main(argv=None):
     args = parse_args(argv)
     train_args = argparse.Namespace(config_file=args.config_file, eval_only=True, resume=False,
                                     opts=["MODEL.WEIGHTS", args.weights] + args.opts)
-    cfg = setup(train_args, check=())
+    cfg = setup(train_args, check=(), output=args.output)
     name = dataset_for(cfg, args.split)
     threshold_from = dataset_for(cfg, args.threshold_from) if args.threshold_from else None
     check_at_start([name] + ([threshold_from] if threshold_from else []), cfg.DATASETS.CHECK,

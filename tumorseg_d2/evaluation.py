@@ -35,11 +35,17 @@ class TumorCOCOEvaluator(COCOEvaluator):
 
     def __init__(self, dataset_name, output_dir, tasks=("bbox", "segm"), distributed=True):
         metadata = MetadataCatalog.get(dataset_name)
-        if not hasattr(metadata, "json_file"):
+        converted = not hasattr(metadata, "json_file")
+        if converted:
             stale = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
             if os.path.exists(stale):
                 os.remove(stale)
         super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False)
+        if converted:
+            # v0.6 records its conversion as the dataset's json_file, which every later evaluator
+            # of the dataset then reads, from this output folder (perhaps a temporary one,
+            # deleted since) and stale if the registration changes. The conversion is ours.
+            delattr(metadata, "json_file")
 
     def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
         if iou_type not in ("bbox", "segm"):
@@ -61,6 +67,9 @@ class TumorCOCOEvaluator(COCOEvaluator):
             scores = no_detection_scores(self._coco_api, cat_ids=[reverse[k]])
             results.update({f"{m}-{name}": v for m, v in scores.items()})
         return results
+
+
+OVERLAP_FIGURES = ("Dice", "IoU", "sensitivity")
 
 
 class OverlapEvaluator(DatasetEvaluator):
@@ -85,9 +94,9 @@ class OverlapEvaluator(DatasetEvaluator):
             return {}
         rows = clinical.rows_for(preds, DatasetCatalog.get(self._dataset_name), self._threshold)
         summary = clinical.summarize(rows)
-        return {"overlap": {"Dice": 100 * summary["dice_mean_per_image"],
-                            "IoU": 100 * summary["iou_mean_per_image"],
-                            "sensitivity": 100 * summary["sensitivity"]}}
+        figures = (summary["dice_mean_per_image"], summary["iou_mean_per_image"],
+                   summary["sensitivity"])
+        return {"overlap": {k: 100 * v for k, v in zip(OVERLAP_FIGURES, figures)}}
 
 
 def no_detection_scores(coco_gt, metrics=METRICS, cat_ids=None):

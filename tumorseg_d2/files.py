@@ -305,3 +305,29 @@ def refuse_output_inside_inputs(output, inputs, option="--output"):
         if (os.path.realpath(output) == os.path.realpath(item)) if is_glob else inside(output, item):
             raise UnsafeFileError(f"{option} {output} is inside the input folder {item}: choose "
                                   "an output folder outside the inputs (inputs are never written).")
+
+
+# What only a training leaves in its OUTPUT_DIR (the lock while it runs, then checkpoints).
+TRAINING_RUN_MARKS = (".tumorseg.lock", "last_checkpoint", "training_summary.json")
+
+
+def training_run_of(path):
+    """The training run folder that is ``path`` or holds it, or None."""
+    path = os.path.realpath(path)
+    while True:
+        if any(os.path.exists(os.path.join(path, mark)) for mark in TRAINING_RUN_MARKS):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
+def refuse_output_in_training_run(output, option="--output"):
+    """Nothing but training writes into a training run's folder: its config.yaml is what
+    tools/compare.py and a resume read as the training config, its log and metrics its history."""
+    run = training_run_of(output)
+    if run is not None:
+        raise UnsafeFileError(
+            f"{option} {output} is inside the training run {run}, which only its training writes "
+            f"(config.yaml, log.txt, metrics). Choose a folder outside it, e.g. {run}-eval.")

@@ -9,23 +9,35 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .files import refuse_output_in_training_run  # noqa: E402
+
 
 def read_metrics(run_dir):
-    """{key: [(iteration, value)]} from a run's metrics.json (one JSON object per line)."""
+    """{key: [(training iterations, value)]} from a run's metrics.json (one JSON object per line),
+    sorted. The x value is the number of iterations trained when the value was logged (Detectron2
+    logs the 0-based index of the last one, so index + 1), as on the sweep's plots. Where a run
+    resumed by an older version logged an iteration twice, the later value is kept."""
     path = os.path.join(run_dir, "metrics.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: pass the OUTPUT_DIR of a training run")
-    series = {}
+    entries = []
     with open(path) as f:
         for line in f:
-            if not line.strip():
-                continue
-            entry = json.loads(line)
-            it = entry.get("iteration")
-            for k, v in entry.items():
-                if k != "iteration" and isinstance(v, (int, float)) and v is not None:
-                    series.setdefault(k, []).append((it, v))
-    return series
+            try:
+                entry = json.loads(line)
+                entries.append((int(entry["iteration"]) + 1, entry))
+            except (ValueError, KeyError, TypeError):
+                continue  # blank, or cut short by a kill
+    # Detectron2 logs the evaluation after the last iteration at index MAX_ITER, one past the
+    # last training row: it belongs at MAX_ITER iterations trained.
+    trained = max((done for done, e in entries if "total_loss" in e), default=None)
+    series = {}
+    for done, entry in entries:
+        done = min(done, trained) if trained is not None else done
+        for k, v in entry.items():
+            if k != "iteration" and isinstance(v, (int, float)):
+                series.setdefault(k, {})[done] = v
+    return {k: sorted(points.items()) for k, points in series.items()}
 
 
 def curve_keys(series_by_run):
@@ -50,7 +62,7 @@ def plot_runs(run_dirs, output):
                 its, vals = zip(*series[key])
                 ax.plot(its, vals, marker="o" if len(its) < 15 else None, ms=3, label=name)
         ax.set_title(key)
-        ax.set_xlabel("iteration")
+        ax.set_xlabel("training iterations")
         ax.grid(alpha=0.3)
         if key.startswith(("total", "loss", "val")):
             ax.set_yscale("log")
@@ -68,8 +80,11 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Plot losses, learning rate and validation metrics "
                                 "of one or several training runs on shared axes.")
     p.add_argument("run_dirs", nargs="+", help="OUTPUT_DIRs of training runs")
-    p.add_argument("--output", help="PNG path (default: <first run>/curves.png)")
+    p.add_argument("--output", help="PNG path (default: output/curves/<first run>.png; never "
+                   "inside a training run, which only its training writes)")
     args = p.parse_args(argv)
-    output = args.output or os.path.join(args.run_dirs[0], "curves.png")
+    first = os.path.basename(os.path.normpath(args.run_dirs[0]))
+    output = args.output or os.path.join("output", "curves", f"{first}.png")
+    refuse_output_in_training_run(os.path.dirname(os.path.abspath(output)))
     keys = plot_runs(args.run_dirs, output)
     print(f"{len(keys)} curves of {len(args.run_dirs)} run(s) written to {output}")

@@ -11,7 +11,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from .engine.run import setup
-from .files import refuse_output_inside_inputs, write_json
+from .files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from .predictor import BatchPredictor, read_input_image
 from .visualize import draw_overlay, save_rgb
 
@@ -94,11 +94,12 @@ def main(argv=None):
     args = parse_args(argv)
     paths = expand_inputs(args.input)
     # Before setup, which writes config.yaml and log.txt into the output as part of this run.
+    refuse_output_in_training_run(args.output)
     prepare_output(args.output, args.input, args.overwrite)
     cfg = setup(argparse.Namespace(
         config_file=args.config_file, eval_only=True, resume=False,
-        opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output] + args.opts),
-        check=())  # predicting on images reads no dataset
+        opts=["MODEL.WEIGHTS", args.weights] + args.opts),
+        check=(), output=args.output)  # predicting on images reads no dataset
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",

@@ -192,15 +192,21 @@ def write_report(path, metrics, plots, worst=10):
               "without tumor with any detection is a false positive. Dice and IoU *per image* are "
               "means over the images that have a tumor (of that class); *pooled* "
               "counts every pixel of the split once, as do pixel precision, recall and F1. HD95 "
-              "(pixels) is the mean over images where both masks are non-empty.", ""]
+              "(pixels) follows MONAI: per image the larger of the two directed 95th percentiles "
+              "of the boundary distances; *pooled* is medpy's (both directions pooled, a few "
+              "percent lower). Both are means over the images where both masks are non-empty: "
+              "an image whose tumor got no predicted pixel is left out (counted in *images "
+              "without HD95*), so more misses can lower the mean.", ""]
     keys = [("tumors", "tumors"), ("found", "found"), ("missed", "missed"),
             ("false alarms", "false_alarms"), ("sensitivity", "sensitivity"),
             ("precision", "precision"), ("F1", "f1"), ("slice sensitivity", "slice_sensitivity"),
             ("slice specificity", "slice_specificity"), ("Dice per image", "dice_mean_per_image"),
             ("Dice pooled", "dice_pooled"), ("IoU per image", "iou_mean_per_image"),
             ("IoU pooled", "iou_pooled"), ("pixel precision", "pixel_precision"),
-            ("pixel recall", "pixel_recall"), ("pixel F1", "pixel_f1"), ("HD95 (px)", "hd95_mean"),
-            ("images with HD95", "hd95_images")]
+            ("pixel recall", "pixel_recall"), ("pixel F1", "pixel_f1"),
+            ("HD95 (px, MONAI)", "hd95_mean"), ("HD95 pooled (px, medpy)", "hd95_pooled_mean"),
+            ("images with HD95", "hd95_images"),
+            ("images without HD95 (tumor, no predicted pixel)", "hd95_missing")]
     groups = list(metrics["clinical"])
     lines += [markdown_table(["figure"] + groups,
                      [[label] + [fmt_value(metrics["clinical"][g][k]) for g in groups]

@@ -24,13 +24,13 @@ from detectron2.utils.env import seed_all_rng
 from fvcore.common.config import CfgNode
 
 from .checkpoint import SafeCheckpointer
-from .config import flatten
+from .config import flatten, get_tumorseg_cfg, merge_config
 from .data import register_tumorseg
 from .engine.hooks import EarlyStopping, ValidationLoss, validation_loader, validation_losses
 from .engine.schedule import LENGTH_INDEPENDENT
 from .engine.trainer import Trainer
 from .evaluate import evaluate_split
-from .evaluation import METRICS, save_results
+from .evaluation import METRICS, OVERLAP_FIGURES, save_results
 from .plot_metrics import read_metrics
 from .plots import plt  # matplotlib, headless
 from .report import fmt_value, markdown_table
@@ -260,6 +260,7 @@ def run_trials_sequential(cfg, trials, dirs):
         progress = {"index": i + 1, "trials": len(trials),
                     "iters_after": sum(max(ls) - max(rows, default=0) for ls, rows in todo),
                     "evals_after": sum(k not in rows for ls, rows in todo for k in ls)}
+        os.makedirs(out_dir, exist_ok=True)  # named below: it exists when the line is read
         logger.info(f"[sweep] trial {i + 1}/{len(trials)}: lr {lr:g}, lengths "
                     f"{', '.join(map(str, lengths))} -> {out_dir}")
         results += run_trial(cfg, lr, lengths, out_dir, progress)
@@ -302,12 +303,19 @@ def run_trials_ray(cfg, trials, dirs, output, address=None, resources=None):
 
 # ---------------------------------------------------------------- choosing and reporting
 def valid_metrics(cfg):
+    """Every figure a validation row records (and --metric may name): COCO AP per task, overall and
+    per class; Dice, IoU and sensitivity (overlap/*, with masks); the validation loss and each of
+    its parts, named after the model's training losses."""
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     classes = MetadataCatalog.get(cfg.DATASETS.VAL[0]).get("thing_classes", [])
     names = list(METRICS) + [f"{m}-{c}" for m in METRICS for c in classes]
-    losses = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"] \
-        + (["loss_mask"] if cfg.MODEL.MASK_ON else [])
-    return [f"{t}/{n}" for t in tasks for n in names] + ["validation_loss"] \
+    overlap = [f"overlap/{k}" for k in OVERLAP_FIGURES] if cfg.MODEL.MASK_ON else []
+    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
+        losses = ["loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"] \
+            + (["loss_mask"] if cfg.MODEL.MASK_ON else [])
+    else:  # the pixel baselines: one loss per term of MODEL.PIXEL_SEG.LOSS
+        losses = [f"loss_{term.lower()}" for term in cfg.MODEL.PIXEL_SEG.LOSS.split("+")]
+    return [f"{t}/{n}" for t in tasks for n in names] + overlap + ["validation_loss"] \
         + [f"val_{x}" for x in losses]
 
 
@@ -369,12 +377,10 @@ def plot_losses(trials, dirs, output, shared):
     for key in CURVES:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label, s in series.items():
-            points = dict(s.get(key, []))  # a resumed run rewrites some iterations: keep the last
+            points = s.get(key, [])
             if points:
-                its = sorted(points)
-                ax.plot([i + 1 for i in its], [points[i] for i in its], label=label,
-                        marker="o" if len(its) < 15 else None, ms=3)
-        ax.set(title=f"{key} (training)", xlabel="iteration", yscale="log")
+                ax.plot(*zip(*points), label=label, marker="o" if len(points) < 15 else None, ms=3)
+        ax.set(title=f"{key} (training)", xlabel="training iterations", yscale="log")
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
@@ -563,12 +569,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sweep_seed(output, opts):
+def sweep_seed(output, configured):
     """The seed fixes data order and initialisation, which sharing checkpoints relies on: the
-    user's SEED if set, else the one this sweep folder used before, else a new random one."""
-    given = [opts[i + 1] for i in range(0, len(opts) - 1, 2) if opts[i] == "SEED"]
-    if given and int(given[-1]) >= 0:
-        return int(given[-1])
+    config's SEED (file or override) if set, else the one this sweep folder used before, else a
+    new random one."""
+    if configured >= 0:
+        return configured
     path = os.path.join(output, "sweep.json")
     if os.path.isfile(path):
         return json.load(open(path))["config"]["SEED"]
@@ -581,7 +587,8 @@ def main(argv=None):
     args = parse_args(argv)
     if any(k <= 0 for k in args.iters) or any(lr <= 0 for lr in args.lrs):
         raise SystemExit("--iters and --lrs take positive values.")
-    opts = list(args.opts) + ["SEED", str(sweep_seed(args.output, args.opts)),
+    configured = merge_config(get_tumorseg_cfg(), args.config_file, args.opts).SEED
+    opts = list(args.opts) + ["SEED", str(sweep_seed(args.output, configured)),
                               "OUTPUT_DIR", args.output]
     cfg = setup(argparse.Namespace(config_file=args.config_file, opts=opts, eval_only=False,
                                    resume=True))
@@ -597,6 +604,8 @@ def main(argv=None):
     print(f"[sweep] training iterations: {best['training_iterations']:,} for "
           f"{len(args.lrs) * len(set(args.iters))} grid points (separate runs would need "
           f"{best['separate_runs_iterations']:,})")
-    print(f"[sweep] results: {os.path.join(args.output, 'results.md')} (and results.csv, "
-          "best.json, *.png, test/report.md)")
+    written = [name for name in ("results.csv", "best.json", "validation.png", "test/report.md")
+               if os.path.isfile(os.path.join(args.output, name))]
+    print(f"[sweep] results: {os.path.join(args.output, 'results.md')} (and "
+          f"{', '.join(written)} in {args.output})")
     return best

@@ -158,8 +158,8 @@ def main(argv=None):
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = p.parse_args(argv)
     cfg = setup(argparse.Namespace(config_file=args.config_file, eval_only=True, resume=False,
-                                   opts=["MODEL.WEIGHTS", args.weights, "OUTPUT_DIR", args.output]
-                                   + args.opts), check=())
+                                   opts=["MODEL.WEIGHTS", args.weights] + args.opts),
+                check=(), output=args.output)
     name = dataset_for(cfg, args.split)
     check_at_start([name], cfg.DATASETS.CHECK, logging.getLogger("tumorseg_d2"))
     rows = visualize_split(cfg, name, args.output, args.num, args.sort,

@@ -1,9 +1,7 @@
 """What tools/train_net.py runs: config set-up, training, and evaluation on the test split."""
-import json
 import logging
 import os
 import tempfile
-import time
 
 import torch
 from detectron2.engine import default_setup
@@ -11,21 +9,34 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
-from ..config import get_tumorseg_cfg, merge_config, validate_config
+from ..config import check_trainable, get_tumorseg_cfg, merge_config, validate_config
 from ..data import register_tumorseg
 from ..data.check import check_at_start
-from ..files import lock_folder
+from ..files import (lock_folder, refuse_output_in_training_run, training_run_of,
+                     write_json)
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
 
 
-def setup(args, check=None):
+def setup(args, check=None, output=None):
     """Config from --config-file and KEY VALUE overrides; datasets registered and checked (``check``:
-    the names to check; default: those the run reads); logging set up."""
+    the names to check; default: those the run reads); logging set up.
+
+    Training writes into OUTPUT_DIR. Anything else (``args.eval_only``) writes into ``output``, a
+    tool's own folder, or else into OUTPUT_DIR, and never into a training run's folder: when
+    OUTPUT_DIR is one (the evaluated run's own config), ``<OUTPUT_DIR>-eval`` is used instead."""
     cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
     validate_config(cfg)
+    if not args.eval_only:
+        check_trainable(cfg)
     no_gpu = use_cpu_without_gpu(cfg)
+    configured = cfg.OUTPUT_DIR
+    if output is not None:
+        cfg.OUTPUT_DIR = output
+        refuse_output_in_training_run(output)
+    elif args.eval_only:
+        cfg.OUTPUT_DIR = beside_training_run(cfg.OUTPUT_DIR)
     cfg.freeze()
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
     check_num_classes(cfg)
@@ -36,8 +47,12 @@ def setup(args, check=None):
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
     if stale:
         logger.info(f"Took over the lock of an earlier run that has ended ({stale}).")
+    if output is None and cfg.OUTPUT_DIR != configured:
+        logger.warning(f"OUTPUT_DIR {configured} holds a training run, which only its "
+                       f"training writes: this evaluation writes into {cfg.OUTPUT_DIR} (set "
+                       "OUTPUT_DIR to choose another folder).")
     if no_gpu:
-        logger.warning("No CUDA device: running on the CPU (MODEL.DEVICE cpu).")
+        logger.warning("No CUDA device for this process: running on the CPU (MODEL.DEVICE cpu).")
     if check is None:
         check = cfg.DATASETS.TEST if args.eval_only else \
             cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
@@ -45,9 +60,23 @@ def setup(args, check=None):
     return cfg
 
 
+def beside_training_run(output_dir):
+    """``output_dir``, or ``<output_dir>-eval`` when it is a training run's folder."""
+    run = training_run_of(output_dir)
+    if run is None:
+        return output_dir
+    if os.path.realpath(output_dir) != run:
+        refuse_output_in_training_run(output_dir, "OUTPUT_DIR")
+    return output_dir.rstrip("/\\") + "-eval"
+
+
 def use_cpu_without_gpu(cfg):
-    """Set MODEL.DEVICE cpu when it names CUDA and there is no GPU; True when it did."""
-    no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available()
+    """Set MODEL.DEVICE cpu when it names CUDA and there is no GPU, or the processes were launched
+    on the CPU (--num-processes); True when it did."""
+    cpu_processes = torch.distributed.is_initialized() and \
+        torch.distributed.get_backend() == "gloo"
+    no_gpu = cfg.MODEL.DEVICE.startswith("cuda") and \
+        (cpu_processes or not torch.cuda.is_available())
     if no_gpu:
         cfg.MODEL.DEVICE = "cpu"
     return no_gpu
@@ -74,24 +103,25 @@ def final_weights(output_dir):
     return SafeCheckpointer(None, save_dir=output_dir).get_checkpoint_file()
 
 
-def write_training_summary(cfg, trainer, seconds):
-    """OUTPUT_DIR/training_summary.json: wall seconds of training (summed over the sessions of a
-    resumed run), iterations, images per second and trainable parameters; tools/compare.py reads
-    it."""
-    path = os.path.join(cfg.OUTPUT_DIR, "training_summary.json")
-    if trainer.start_iter > 0 and os.path.isfile(path):
-        with open(path) as f:
-            seconds += json.load(f)["seconds"]
-    # Trainer.train leaves iter at MAX_ITER when the run completes, at the last one run when a hook
-    # (early stopping) ended it.
-    iterations = trainer.iter + (1 if trainer.iter < trainer.max_iter else 0)
+def write_training_summary(cfg, trainer):
+    """OUTPUT_DIR/training_summary.json: wall seconds of training (each iteration counted once over
+    the sessions of a resumed run: the work a killed session did after its last checkpoint is not
+    counted), iterations, images per second, trainable parameters and the sessions themselves;
+    tools/compare.py reads it."""
+    sessions = trainer.sessions()
+    seconds = sum(s["seconds"] for s in sessions)
+    iterations = trainer.iterations_done()
+    trained = sum(s["to"] - s["from"] for s in sessions)
     summary = {
         "seconds": round(seconds, 1), "iterations": iterations,
-        "images_per_second": round(iterations * cfg.SOLVER.IMS_PER_BATCH / max(seconds, 1e-9), 3),
+        "images_per_second": round(trained * cfg.SOLVER.IMS_PER_BATCH / max(seconds, 1e-9), 3),
         "parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "sessions": sessions,
     }
-    with open(path, "w") as f:
-        json.dump(summary, f, indent=2)
+    if trained != iterations:  # checkpoints from before sessions were recorded
+        summary["note"] = (f"the sessions cover {trained} of the {iterations} iterations (the "
+                           "others were trained by a version that did not record them)")
+    write_json(os.path.join(cfg.OUTPUT_DIR, "training_summary.json"), summary)
     return summary
 
 
@@ -114,17 +144,15 @@ def train_and_test(cfg, args):
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    start = time.perf_counter()
     trainer.train()
     if comm.is_main_process():
-        write_training_summary(cfg, trainer, time.perf_counter() - start)
+        write_training_summary(cfg, trainer)
     if not cfg.DATASETS.TEST:
         return None
+    comm.synchronize()  # the main process has written the last checkpoints
     # Report on the test split with the checkpoint chosen on validation (never on test).
     weights = final_weights(cfg.OUTPUT_DIR)
     logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
     model = trainer.model
     SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).load(weights)
-    if comm.get_world_size() > 1:
-        comm.synchronize()
     return Trainer.test(cfg, model)

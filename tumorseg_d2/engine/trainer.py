@@ -5,21 +5,24 @@ import logging
 import os
 import re
 import shutil
+import time
+import weakref
 
-import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, hooks
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..data.loader import TrainingState, build_resumable_train_loader, build_test_loader
 from ..evaluation import OverlapEvaluator, TumorCOCOEvaluator, format_results, save_results
 from ..rng import preserve_rng
-from .hooks import EarlyStopping, ValidationLoss
+from .hooks import (BestCheckpointer, DeferredWriter, EarlyStopping, FlushBeforeCheckpoint,
+                    ValidationLoss, drop_metrics_from)
 from .schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -27,9 +30,28 @@ logger = logging.getLogger(__name__)
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer.__init__, but with a model that DistributedDataParallel can wrap on the
+        # CPU too (v0.6 always passes a GPU index), so the distributed path runs without a GPU.
+        TrainerBase.__init__(self)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_gpu = any(p.is_cuda for p in model.parameters())
+        model = create_ddp_model(model, broadcast_buffers=False,
+                                 device_ids=[comm.get_local_rank()] if on_gpu else None)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self._stop_requested = False
+        # Wall seconds of the sessions that trained the iterations before the start one (one entry
+        # per session, from the checkpoint resumed from): each iteration is counted once.
+        self._sessions, self._session_start = [], None
+        self.register_hooks(self.build_hooks())
         if comm.is_main_process():
+            os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)  # Detectron2's writers made it; ours wait
             check_disk_space(cfg, self.model)
 
     @classmethod
@@ -58,7 +80,8 @@ class Trainer(DefaultTrainer):
             logger.warning(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: Detectron2's "
                            "loader, which restarts its data order on --resume.")
             return super().build_train_loader(cfg)
-        seed = cfg.SEED if cfg.SEED >= 0 else int(np.random.randint(2**31))
+        # Every process must draw from one stream (each takes its share of the positions).
+        seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_resumable_train_loader(cfg, seed)
 
     @classmethod
@@ -95,11 +118,17 @@ class Trainer(DefaultTrainer):
                             + format_results(res))
         return results
 
+    def build_writers(self):
+        """Detectron2's writers, made at the first write: by then --resume has dropped the
+        metrics.json rows it will compute again, and TensorBoard hides the events of those
+        iterations from the earlier session (purge_step)."""
+        out = self.cfg.OUTPUT_DIR
+        return [CommonMetricPrinter(self.max_iter),
+                DeferredWriter(lambda: JSONWriter(os.path.join(out, "metrics.json"))),
+                DeferredWriter(lambda: TensorboardXWriter(out, purge_step=self.start_iter or None))]
+
     def build_hooks(self):
         cfg = self.cfg
-        # DefaultTrainer.__init__ made its checkpointer just before calling this method; the hooks
-        # built here save through it, so make its writes atomic first.
-        self.checkpointer = SafeCheckpointer.like(self.checkpointer)
         ret = super().build_hooks()
         if self.data_stream is not None:
             ret.insert(0, TrainingState(self.data_stream))
@@ -114,18 +143,23 @@ class Trainer(DefaultTrainer):
         extra = [hooks.EvalHook(period, lambda: self.validate(val_cfg))]
         if cfg.TEST.VAL_LOSS and cfg.DATASETS.VAL:
             extra.insert(0, ValidationLoss(cfg, cfg.DATASETS.VAL[0], period))
-        if cfg.TEST.BEST_METRIC and period > 0 and comm.is_main_process():
-            extra.append(hooks.BestCheckpointer(period, self.checkpointer, cfg.TEST.BEST_METRIC,
-                                                cfg.TEST.BEST_MODE))
+        # On every process: each takes the same decisions from the same (broadcast) figures;
+        # only the main process writes.
+        if cfg.TEST.BEST_METRIC and period > 0:
+            extra.append(BestCheckpointer(period, self.checkpointer, cfg.TEST.BEST_METRIC,
+                                          cfg.TEST.BEST_MODE))
         if cfg.TEST.EARLY_STOP_PATIENCE > 0:
             extra.append(EarlyStopping(period, cfg.TEST.BEST_METRIC, cfg.TEST.EARLY_STOP_PATIENCE,
                                        cfg.TEST.BEST_MODE))
         ret[at:at + 1] = extra
-        return ret
+        return checkpoint_last(ret)
 
     def validate(self, val_cfg):
         with preserve_rng():  # so that validating does not change what is trained
-            return self.test(val_cfg, self.model)
+            results = self.test(val_cfg, self.model)
+        # Evaluators return the figures on the main process only ({} elsewhere): share them, so
+        # that best checkpoint and early stop are decided alike on every process.
+        return comm.all_gather(results)[0] if comm.get_world_size() > 1 else results
 
     def resume_or_load(self, resume=True):
         if not (resume and self.checkpointer.has_checkpoint()):
@@ -136,12 +170,19 @@ class Trainer(DefaultTrainer):
         super().resume_or_load(resume=resume)
         if self.data_stream is not None:  # continue the data stream where the checkpoint left it
             self.data_stream.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
+        if comm.is_main_process():
+            dropped = drop_metrics_from(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                                        self.start_iter)
+            if dropped:
+                logger.info(f"metrics.json: {dropped} row(s) from iteration {self.start_iter} on, "
+                            "written by an earlier session, are dropped (they are computed again).")
 
     # Detectron2 v0.6's DefaultTrainer leaves the optimizer out of its checkpoints, so --resume
     # restarted Adam's moments; later Detectron2 saves it under "_trainer", as here.
     def state_dict(self):
         ret = super().state_dict()
         ret["_trainer"] = self._trainer.state_dict()
+        ret["sessions"] = self.sessions()
         return ret
 
     def load_state_dict(self, state_dict):
@@ -151,6 +192,21 @@ class Trainer(DefaultTrainer):
         else:
             logger.warning("The checkpoint has no optimizer state (saved by Detectron2 v0.6?): the "
                            "optimizer starts afresh.")
+        self._sessions = list(state_dict.get("sessions", []))
+
+    def iterations_done(self):
+        # iter is the iteration in progress inside the loop, MAX_ITER + 0/1 after a completed one.
+        return min(self.iter + 1, self.max_iter)
+
+    def sessions(self):
+        """[{"from", "to", "seconds"}]: the iterations each training session ran (from inclusive,
+        to exclusive) and its wall seconds, up to now; a resumed session starts where the
+        checkpoint ended, so no iteration is counted twice."""
+        done = list(self._sessions)
+        if self._session_start is not None:
+            done.append({"from": self.start_iter, "to": self.iterations_done(),
+                         "seconds": round(time.perf_counter() - self._session_start, 3)})
+        return done
 
     def request_stop(self):
         self._stop_requested = True
@@ -159,6 +215,7 @@ class Trainer(DefaultTrainer):
         """TrainerBase.train's loop with one addition: a hook may end it early (request_stop)."""
         logger.info(f"Starting training from iteration {self.start_iter}")
         self.iter = self.start_iter
+        self._session_start = time.perf_counter()
         with EventStorage(self.start_iter) as self.storage:
             try:
                 self.before_train()
@@ -189,6 +246,21 @@ class Trainer(DefaultTrainer):
                 + "Lower SOLVER.BASE_LR or lengthen SOLVER.WARMUP_ITERS, enable "
                 "SOLVER.CLIP_GRADIENTS.ENABLED True, or check the data with tools/check_dataset.py."
                 f"\n(Detectron2: {error})")
+
+
+def checkpoint_last(hooks_list):
+    """Move the periodic checkpointer after validation, checkpoint selection and early stopping
+    (Detectron2 saves before them), with the pending metrics written just before it: a checkpoint
+    then holds the state of every decision up to its iteration, and --resume neither repeats nor
+    skips one."""
+    saver = next((h for h in hooks_list if isinstance(h, hooks.PeriodicCheckpointer)), None)
+    if saver is None:  # not the main process
+        return hooks_list
+    ret = [h for h in hooks_list if h is not saver]
+    writer = next((h for h in ret if isinstance(h, hooks.PeriodicWriter)), None)
+    if writer is not None:
+        ret.append(FlushBeforeCheckpoint(writer, saver.period))
+    return ret + [saver]
 
 
 def check_disk_space(cfg, model):
