@@ -9,11 +9,11 @@ STAMP := $(VENV)/.tumorseg-env
 env: $(STAMP)
 
 # Rebuilt only when the pins or the install scripts change, so `make env` is cheap to repeat.
-$(STAMP): requirements.lock setup.py tools/install_detectron2.py tools/detectron2_C_shim.py
+$(STAMP): requirements.lock setup.py install/install_detectron2.py install/detectron2_C_shim.py
 	@start=$$(date +%s); set -e; \
 	test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.lock; \
-	$(PY) tools/install_detectron2.py; \
+	$(PY) install/install_detectron2.py; \
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .; \
 	touch $@; \
 	echo "[make env] environment ready in $$(( $$(date +%s) - start )) s"

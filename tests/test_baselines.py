@@ -11,13 +11,14 @@ from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from conftest import CONFIGS, run_tool
-from tumorseg_d2.clinical import to_prediction, truth_of
+from tumorseg_d2.evaluation.clinical import truth_of
+from tumorseg_d2.predictions import from_instances
 from tumorseg_d2.config import get_tumorseg_cfg
 from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.modeling import probability_to_instances
 from tumorseg_d2.modeling.pixel_seg import soft_dice_loss
 from tumorseg_d2.predictor import BatchPredictor
-from tumorseg_d2.report import evaluate_predictions
+from tumorseg_d2.evaluation.pipeline import evaluate_predictions
 
 BASELINES = os.path.join(CONFIGS, "baselines")
 PIXEL_CONFIGS = ["encoder_decoder_2level", "encoder_decoder_3level", "residual_encoder_decoder",
@@ -129,8 +130,8 @@ def test_ground_truth_as_probabilities_scores_perfectly(phantom_root, tmp_path):
     """The truth fed through the probabilities-to-instances path: AP 100, Dice 1."""
     register_tumorseg(phantom_root)
     name = "tumorseg_agnostic_test"
-    preds = [to_prediction(r["image_id"], probability_to_instances(
-        truth_of(r)[2].astype(np.float32))) for r in DatasetCatalog.get(name)]
+    preds = [from_instances(probability_to_instances(
+        truth_of(r)[2].astype(np.float32)), r["image_id"]) for r in DatasetCatalog.get(name)]
     metrics = evaluate_predictions(preds, name, str(tmp_path), 0.5, "fixed")
     assert metrics["coco"]["segm"]["AP"] == pytest.approx(100)
     assert metrics["coco"]["bbox"]["AP50"] == pytest.approx(100)
@@ -138,7 +139,7 @@ def test_ground_truth_as_probabilities_scores_perfectly(phantom_root, tmp_path):
     assert summary["dice_mean_per_image"] == pytest.approx(1)
     assert summary["slice_sensitivity"] == pytest.approx(1)
     # No detections at all score zero.
-    empty = [to_prediction(r["image_id"], probability_to_instances(np.zeros((640, 640))))
+    empty = [from_instances(probability_to_instances(np.zeros((640, 640))), r["image_id"])
              for r in DatasetCatalog.get(name)]
     none = evaluate_predictions(empty, name, str(tmp_path / "none"), 0.5, "fixed")
     assert none["coco"]["bbox"]["AP"] == 0 and none["clinical"]["all classes"]["sensitivity"] == 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from tumorseg_d2.benchmark import PeakMemory, inference_variants, model_macs
+from tumorseg_d2.benchmark.speed import PeakMemory, inference_variants, model_macs
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.predictor import BatchPredictor
 

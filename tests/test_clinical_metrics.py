@@ -1,12 +1,12 @@
-"""Known answers for the clinical figures (tumorseg_d2.metrics / clinical)."""
+"""Known answers for the clinical figures (tumorseg_d2.evaluation.metrics / clinical)."""
 import math
 
 import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from tumorseg_d2 import clinical
-from tumorseg_d2 import metrics as M
+from tumorseg_d2.evaluation import clinical
+from tumorseg_d2.evaluation import metrics as M
 
 
 def square(x0, y0, size, shape=(64, 64)):
@@ -53,7 +53,7 @@ def prediction(image_id, boxes=(), scores=(), classes=(), size=64):
         m[int(y0):int(y1), int(x0):int(x1)] = 1
         rles.append(mask_util.encode(m[:, :, None])[0])
     return {"image_id": image_id, "boxes": np.array(boxes, float).reshape(-1, 4),
-            "scores": np.array(scores, float), "classes": np.array(classes, int), "rles": rles}
+            "scores": np.array(scores, float), "classes": np.array(classes, int), "masks": rles}
 
 
 def test_shifted_box_gives_hand_computed_iou():
@@ -143,7 +143,7 @@ def test_hd95_follows_monai_on_irregular_masks():
 
 
 def test_hd95_counts_the_images_it_leaves_out():
-    from tumorseg_d2.clinical import summarize
+    from tumorseg_d2.evaluation.clinical import summarize
 
     rows = [{"tumors": 1, "hd95": 2.0, "hd95_pooled": 1.5}, {"tumors": 1, "hd95": float("nan"),
             "hd95_pooled": float("nan")}, {"tumors": 0, "hd95": float("nan"),

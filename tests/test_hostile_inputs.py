@@ -57,7 +57,7 @@ def test_a_python_tag_in_a_base_file_or_a_runs_config_yaml_is_refused(tmp_path):
     (tmp_path / "child.yaml").write_text("_BASE_: base.yaml\nSOLVER:\n  BASE_LR: 0.001\n")
     with pytest.raises(UnsafeFileError, match="base.yaml, line 2"):
         merge_config(get_tumorseg_cfg(), str(tmp_path / "child.yaml"))
-    from tumorseg_d2.compare import run_config  # reads a run's config.yaml
+    from tumorseg_d2.evaluation.compare import run_config  # reads a run's config.yaml
 
     run = tmp_path / "run"
     run.mkdir()
@@ -452,7 +452,7 @@ def predict_setup(phantom_demo, tmp_path_factory):
 
 
 def predict(weights, inputs, output, *extra):
-    from tumorseg_d2.predict import main
+    from tumorseg_d2.cli.predict import main
 
     return main(["--config-file", SCRATCH_CFG, "--weights", weights, "--input", str(inputs),
                  "--output", str(output), "--save-json", *extra, "MODEL.DEVICE", "cpu"])
@@ -487,7 +487,7 @@ def test_output_inside_input_is_refused(predict_setup):
 
 def test_a_killed_prediction_leaves_a_folder_marked_incomplete(predict_setup, tmp_path,
                                                                 monkeypatch):
-    import tumorseg_d2.predict as predict_module
+    import tumorseg_d2.cli.predict as predict_module
 
     weights, inputs = predict_setup
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from tumorseg_d2.data import register_tumorseg
-from tumorseg_d2.evaluate import evaluate_split
+from tumorseg_d2.evaluation.pipeline import evaluate_split
 from tumorseg_d2.evaluation import GroundTruthModel
 
 from conftest import SCRATCH_CFG, TINY, run_tool

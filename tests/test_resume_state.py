@@ -3,7 +3,6 @@
 Validation is replaced by a scripted figure per iteration, so that which evaluation is best is
 known in advance; the interruption is an exception raised at the start of an iteration, after
 the last checkpoint (the SIGKILL of a real process is in tests/test_training.py)."""
-import argparse
 import json
 import os
 
@@ -13,7 +12,7 @@ from detectron2.utils.events import get_event_storage
 
 from tumorseg_d2.engine import Trainer
 from tumorseg_d2.engine.run import final_weights, setup, write_training_summary
-from tumorseg_d2.plot_metrics import read_metrics
+from tumorseg_d2.evaluation.curves import read_metrics
 
 from conftest import SCRATCH_CFG, TINY
 
@@ -37,8 +36,7 @@ def train(phantom_root, out, monkeypatch, values, kill_at=None, resume=False, **
             "TEST.BEST_METRIC", "segm/AP50", "DATASETS.TEST", "()"]
     for k, v in keys.items():
         opts += [k.replace("__", "."), str(v)]
-    cfg = setup(argparse.Namespace(config_file=SCRATCH_CFG, opts=opts, eval_only=False,
-                                   resume=resume))
+    cfg = setup(SCRATCH_CFG, opts, training=True)
     monkeypatch.setattr(Trainer, "test", scripted(values))
     if kill_at is not None:
         run_step = Trainer.run_step

@@ -93,7 +93,7 @@ def test_compare_runs_the_readme_command_line_as_written(phantom_root, tmp_path)
 
 
 def test_make_baselines_passes_its_args_as_overrides():
-    from tumorseg_d2.compare import parse_args
+    from tumorseg_d2.cli.compare import parse_args
 
     dry = subprocess.run(["make", "-n", "baselines", "ARGS=SOLVER.MAX_ITER 10 SEED 3"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)

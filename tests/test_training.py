@@ -1,5 +1,4 @@
 """Training, resuming and evaluating through tools/train_net.py, as a user runs them."""
-import argparse
 import json
 import os
 import signal
@@ -184,12 +183,10 @@ def test_killed_training_resumes_exactly(phantom_root, tmp_path):
 def test_nan_loss_stops_with_the_iteration_the_loss_and_the_last_good_checkpoint(phantom_root,
                                                                                  tmp_path):
     out = tmp_path / "run"
-    args = argparse.Namespace(
-        config_file=SCRATCH_CFG, eval_only=False, resume=False,
-        opts=[*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(out),
-              "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
-              "DATASETS.VAL", "()", "DATASETS.TEST", "()"])
-    cfg = setup(args)
+    cfg = setup(SCRATCH_CFG, [*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(out),
+                              "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2",
+                              "TEST.EVAL_PERIOD", "0", "DATASETS.VAL", "()", "DATASETS.TEST", "()"],
+                training=True)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
 
@@ -223,11 +220,9 @@ def test_full_disk_fails_at_start_up(phantom_root, tmp_path, monkeypatch):
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))
-    args = argparse.Namespace(config_file=SCRATCH_CFG, eval_only=False, resume=False,
-                              opts=[*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root,
-                                    "OUTPUT_DIR", str(tmp_path / "run")])
+    opts = [*TINY, "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(tmp_path / "run")]
     with pytest.raises(OSError, match="free on the disk of OUTPUT_DIR"):
-        Trainer(setup(args))
+        Trainer(setup(SCRATCH_CFG, opts, training=True))
 
 
 @pytest.mark.parametrize("skip", [True, False])

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from tumorseg_d2.predictor import BatchPredictor
-from tumorseg_d2.visualize import contact_sheet, draw_overlay
+from tumorseg_d2.drawing import contact_sheet, draw_overlay
 
 from conftest import SCRATCH_CFG, predictor_cfg, run_tool
 
@@ -114,7 +114,7 @@ def test_plot_metrics_cli(phantom_demo, tmp_path):
     proc = run_tool("plot_metrics.py", str(out / "train"), str(out / "train"), "--output", str(png))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cv2.imread(str(png)) is not None
-    from tumorseg_d2.plot_metrics import curve_keys, read_metrics
+    from tumorseg_d2.evaluation.curves import curve_keys, read_metrics
 
     keys = curve_keys({"run": read_metrics(str(out / "train"))})
     assert {"total_loss", "loss_mask", "lr", "segm/AP50", "bbox/AP50"} <= set(keys)

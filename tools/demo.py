@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""Train, evaluate on the test split and draw predictions (real data if found, else a phantom).
-
-    python tools/demo.py [--output output/demo] [--iters N] [--phantom] [KEY VALUE ...]
-"""
-from tumorseg_d2.demo import run
+"""Alias of ``tumorseg demo`` (``python tools/demo.py --help``)."""
+from tumorseg_d2.cli.demo import main
 
 if __name__ == "__main__":
-    run()
+    main()

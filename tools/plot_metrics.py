@@ -1,9 +1,6 @@
 #!/usr/bin/env python
-"""Training curves (losses, learning rate, validation AP and loss) of one or several runs.
-
-    python tools/plot_metrics.py OUTPUT_DIR [OUTPUT_DIR ...] [--output curves.png]
-"""
-from tumorseg_d2.plot_metrics import main
+"""Alias of ``tumorseg plot`` (``python tools/plot_metrics.py --help``)."""
+from tumorseg_d2.cli.plot import main
 
 if __name__ == "__main__":
     main()

@@ -159,3 +159,31 @@ def merge_config(cfg, config_file=None, opts=()):
             "(tumorseg_d2/config.py: add_tumorseg_config)."
         ) from e
     return cfg
+
+
+def derived(cfg, changes):
+    """A frozen copy of ``cfg`` with ``changes`` ({"SOLVER.BASE_LR": 0.01, ...}) set: the one way
+    to make a modified config. An unknown key raises KeyError naming it."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = cfg
+        for name in parents:
+            node = node[name]
+        if leaf not in node:
+            raise KeyError(f"Unknown config key {key}")
+        node[leaf] = value
+    cfg.freeze()
+    return cfg
+
+
+def config_path(name):
+    """The path of a config shipped with the package (``configs/`` of the source tree), e.g.
+    ``config_path("mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml")``; it works without the source
+    tree (``pip install .``) too."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{name} is not among the configs shipped with tumorseg-d2 "
+                                f"({os.path.dirname(path)}).")
+    return path

@@ -224,9 +224,17 @@ def atomic_write(path, write):
 
 
 def write_json(path, obj, indent=1):
-    """``obj`` as JSON at ``path``, atomically, with NaN as null."""
+    """``obj`` as JSON at ``path`` (its folder made if needed), atomically, with NaN as null: the
+    writer of every JSON file the package writes."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     text = json.dumps(json_clean(obj), indent=indent)
     atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def append_jsonl(path, row):
+    """Append ``row`` as one JSON line (NaN as null) to ``path``."""
+    with open(path, "a") as f:
+        f.write(json.dumps(json_clean(row)) + "\n")
 
 
 _HELD_LOCKS = {}  # folder -> open lock file, held until the process exits

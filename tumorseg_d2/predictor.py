@@ -2,7 +2,7 @@
 
     from tumorseg_d2.predictor import BatchPredictor
     predictor = BatchPredictor(cfg)                     # cfg.MODEL.WEIGHTS is loaded once
-    results = predictor(["a.jpg", array_hw, array_hwc], masks="rle", probability=True)
+    preds = predictor(["a.jpg", array_hw, array_hwc], masks="rle", probability=True)
 
 Images are file paths or uint8 arrays, (H, W) or (H, W, 1) grayscale or (H, W, 3) RGB, of any size
 up to ``max_pixels()``; a DataLoader with worker processes decodes and resizes them while the model
@@ -23,11 +23,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.layers.mask_ops import paste_masks_in_image
-from pycocotools import mask as mask_util
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import SafeCheckpointer, resolve_weights
+from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
+from .predictions import from_instances, mask_and_scores
 
 
 # Guard against decompression bombs: an MRI slice has well under a megapixel.
@@ -219,10 +220,10 @@ class BatchPredictor:
                 result(next(raw), x, masks, probability) for x in batch]
 
     def __call__(self, images, masks="rle", probability=False):
-        """Results in input order: dicts of boxes (N, 4) XYXY in input pixels, scores, classes
-        (contiguous ids), masks (``"rle"``: COCO RLEs, ``"array"``: (N, H, W) bool, None: left
-        out) and, with ``probability=True``, ``probability`` (H, W) float32: per pixel, the highest
-        mask probability of any detection (0 where there is none)."""
+        """Prediction records (:mod:`tumorseg_d2.predictions`) in input order, in input pixels:
+        ``masks`` "rle" (COCO RLEs), "array" ((N, H, W) bool) or None (left out); with
+        ``probability=True``, also ``probability`` (H, W) float32: per pixel, the highest mask
+        probability of any detection (0 where there is none)."""
         out = []
         for batch in self.batches(images):
             out += self.predict_batch(batch, masks, probability)
@@ -233,7 +234,7 @@ class BatchPredictor:
         if probability:  # carried through postprocessing, which may drop empty boxes
             raw.soft_masks = raw.pred_masks[:, 0]
         inst = detector_postprocess(raw, h, w).to("cpu")
-        result = instances_to_result(inst, masks)
+        result = from_instances(inst, masks=masks)
         if probability:
             # threshold < 0: paste the soft masks as uint8 0-255 instead of binarizing them.
             soft = paste_masks_in_image(inst.soft_masks, inst.pred_boxes, (h, w), threshold=-1)
@@ -243,7 +244,7 @@ class BatchPredictor:
 
     @staticmethod
     def _pixel_result(out, x, masks, probability):
-        result = instances_to_result(out["instances"].to("cpu"), masks)
+        result = from_instances(out["instances"].to("cpu"), masks=masks)
         if probability:
             result["probability"] = out["probability"].numpy().astype(np.float32)
         return result
@@ -310,14 +311,13 @@ def _float32(output):
     return output
 
 
-def instances_to_result(inst, masks):
-    """The result dict of postprocessed Instances (on the CPU, in input pixels)."""
-    h, w = inst.image_size
-    result = {"boxes": inst.pred_boxes.tensor.numpy(), "scores": inst.scores.numpy(),
-              "classes": inst.pred_classes.numpy(), "height": h, "width": w}
-    if masks == "array":
-        result["masks"] = inst.pred_masks.numpy()
-    elif masks == "rle":
-        result["masks"] = [mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-                           for m in inst.pred_masks.numpy()]
-    return result
+def predict_volume(predictor, volume, threshold=0.5, window="auto", percentiles=None):
+    """A :class:`~tumorseg_d2.data.volumes.Volume` slice by slice: (uint8 slices, the window used,
+    prediction records, mask stack (N, H, W) bool, score stack (N, H, W) float32)."""
+    slices, how = window_to_uint8(volume, window, percentiles or DEFAULT_PERCENTILES)
+    preds = predictor(list(slices), masks="rle")
+    failed = next((p["error"] for p in preds if "error" in p), None)
+    if failed:
+        raise VolumeError(f"{volume.source}: {failed}")
+    masks, scores = zip(*(mask_and_scores(p, threshold) for p in preds))
+    return slices, how, preds, np.stack(masks), np.stack(scores)

@@ -1,3 +1,5 @@
+"""Data: dataset registration (datasets.py), the phantom (phantom.py), the checker and its fixed
+copy (check.py, fix.py) and the resumable loaders (loader.py)."""
 from .datasets import DatasetNotFoundError, dataset_name, load_tumorseg, register_tumorseg
 from .phantom import make_phantom_dataset
 

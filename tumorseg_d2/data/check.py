@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing import Pool
 
 import numpy as np
+from tabulate import tabulate
 
 from ..files import UnsafeFileError, confined_path, image_depth_problem, load_json
 
@@ -506,3 +507,13 @@ def check_at_start(dataset_names, policy="refuse", logger=None):
             "write a corrected copy (then set DATASETS.TUMORSEG_ROOT OUT); or set DATASETS.CHECK "
             "warn to run anyway.")
     return findings
+
+
+def summary_table(findings, show):
+    """Console table of findings, ``show`` examples each."""
+    rows = []
+    for f in findings:
+        examples = "; ".join(str(x) for x in f.items[:show])
+        more = f" (+{f.count - show} more)" if f.count > show else ""
+        rows.append([f.severity, f.split, f.code, f.count, (examples + more)[:110]])
+    return tabulate(rows, headers=["severity", "split", "check", "count", "examples"])

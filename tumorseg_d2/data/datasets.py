@@ -18,8 +18,9 @@ import logging
 import os
 
 import cv2
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.structures import BoxMode
+from detectron2.structures import BoxMode, polygons_to_bitmask
 from pycocotools import mask as mask_util
 
 from ..files import load_json
@@ -173,3 +174,13 @@ def register_tumorseg(root=None):
                 dataset_root=root or "",
                 tumorseg_split=split,
             )
+
+
+def truth_instances(record, cls=None):
+    """(boxes XYXY (N, 4), classes (N,), masks [N x (H, W) bool]) of a record's tumors."""
+    h, w = record["height"], record["width"]
+    anns = [a for a in record.get("annotations", []) if cls is None or a["category_id"] == cls]
+    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+    masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
+    return (np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns], int),
+            masks)

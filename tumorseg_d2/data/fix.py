@@ -1,4 +1,4 @@
-"""``tools/check_dataset.py --fix OUT``: a corrected copy of a split and a log of every change.
+"""``tumorseg check --fix OUT``: a corrected copy of a split and a log of every change.
 
 The input is never written. What cannot be fixed without more information (near-duplicate slices
 of one patient across splits, rectangle-only masks) is reported by the checker and left as is.
@@ -7,7 +7,10 @@ import copy
 import os
 import shutil
 
-from ..files import confined_path
+from ..files import (UnsafeFileError, append_jsonl, confined_path, inside,
+                     refuse_output_inside_inputs, write_json)
+from ..tables import markdown_table
+from .datasets import ANNOTATION_FILE
 from .check import (GEOMETRY_TOLERANCE, TINY_BOX_SIDE, annotation_problems, polygon_area,
                     polygon_bounds)
 
@@ -144,3 +147,30 @@ def fix_split(coco, image_dir, decoded, out_dir, split, copies=None, malformed=(
         shutil.copy2(confined_path(image_dir, im["file_name"]), target)
     fixed = dict(coco, images=images, annotations=annotations, categories=categories)
     return fixed, changes
+
+
+def write_fixed_copy(details, out, inputs, option="--fix"):
+    """A corrected copy of checked splits (``details`` of check_splits) in ``out/<split>/``, with
+    fix_log.md and fix_log.jsonl; ``inputs``: the (json, image folder) checked, never written."""
+    refuse_output_inside_inputs(out, [d for _, d in inputs], option)
+    if any(inside(d, out) for _, d in inputs):
+        raise UnsafeFileError(f"{option} {out} contains an input folder; choose a folder elsewhere "
+                              "(the input is never written).")
+    if os.path.isdir(out) and os.listdir(out):
+        raise UnsafeFileError(f"{option} {out} exists and is not empty; choose a new folder.")
+    changes, copies = [], exact_copies(details)
+    for split, d in details.items():
+        fixed, log = fix_split(d["coco"], d["image_dir"], d["decoded"], os.path.join(out, split),
+                               split, {f: orig for (s, f), orig in copies.items() if s == split},
+                               d["malformed"])
+        write_json(os.path.join(out, split, ANNOTATION_FILE), fixed, indent=None)
+        changes += log
+    open(os.path.join(out, "fix_log.jsonl"), "w").close()
+    for c in changes:
+        append_jsonl(os.path.join(out, "fix_log.jsonl"), c)
+    with open(os.path.join(out, "fix_log.md"), "w") as f:
+        f.write(f"# Changes made by tumorseg check --fix ({len(changes)})\n\n")
+        f.write(markdown_table(["split", "action", "item", "detail"],
+                               [[str(c[k]) for k in ("split", "action", "item", "detail")]
+                                for c in changes]) + "\n")
+    return changes

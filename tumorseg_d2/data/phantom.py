@@ -12,12 +12,12 @@ uses, image and annotation ids starting at 0, float boxes, and masks that are ei
 rectangle of the box (``mask_style="box"``, as in the real export) or the tumor's true outline
 (``mask_style="outline"``). The first training image has no tumor, as in the real train split.
 """
-import json
 import os
 
 import cv2
 import numpy as np
 
+from ..files import write_json
 from .datasets import ANNOTATION_FILE
 
 SIZE = 640
@@ -111,8 +111,7 @@ def make_phantom_split(out_dir, num_images, seed=0, mask_style="box", empty_firs
                                 "segmentation": [poly], "iscrowd": 0})
     coco = {"info": {"description": f"tumorseg-d2 phantom (seed {seed}, masks: {mask_style})"},
             "categories": CATEGORIES, "images": images, "annotations": annotations}
-    with open(os.path.join(out_dir, ANNOTATION_FILE), "w") as f:
-        json.dump(coco, f)
+    write_json(os.path.join(out_dir, ANNOTATION_FILE), coco, indent=None)
     return coco
 
 

@@ -1,4 +1,6 @@
-"""What tools/train_net.py runs: config set-up, training, and evaluation on the test split."""
+"""The config set-up every command shares, and training followed by evaluation on the test split
+(what ``tumorseg train`` runs)."""
+import argparse
 import logging
 import os
 import tempfile
@@ -19,30 +21,36 @@ from .trainer import Trainer, check_num_classes
 logger = logging.getLogger("tumorseg_d2")
 
 
-def setup(args, check=None, output=None):
-    """Config from --config-file and KEY VALUE overrides; datasets registered and checked (``check``:
-    the names to check; default: those the run reads); logging set up.
+def setup(config_file, opts=(), *, training=False, weights=None, check=None, output=None,
+          args=None):
+    """The config of a command, from a config file and KEY VALUE overrides (``weights``: sets
+    MODEL.WEIGHTS); datasets registered and checked (``check``: the names to check; default: those
+    the run reads); logging set up. ``args``: the command line, which Detectron2's default_setup
+    logs (made from the values above when not given).
 
-    Training writes into OUTPUT_DIR. Anything else (``args.eval_only``) writes into ``output``, a
-    tool's own folder, or else into OUTPUT_DIR, and never into a training run's folder: when
+    Training (``training=True``) writes into OUTPUT_DIR. Anything else writes into ``output``, a
+    command's own folder, or else into OUTPUT_DIR, and never into a training run's folder: when
     OUTPUT_DIR is one (the evaluated run's own config), ``<OUTPUT_DIR>-eval`` is used instead."""
-    cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
+    opts = (["MODEL.WEIGHTS", weights] if weights else []) + list(opts)
+    args = args or argparse.Namespace(config_file=config_file, opts=opts, eval_only=not training,
+                                      resume=False)
+    cfg = merge_config(get_tumorseg_cfg(), config_file, opts)
     validate_config(cfg)
-    if not args.eval_only:
+    if training:
         check_trainable(cfg)
     no_gpu = use_cpu_without_gpu(cfg)
     configured = cfg.OUTPUT_DIR
     if output is not None:
         cfg.OUTPUT_DIR = output
         refuse_output_in_training_run(output)
-    elif args.eval_only:
+    elif not training:
         cfg.OUTPUT_DIR = beside_training_run(cfg.OUTPUT_DIR)
     cfg.freeze()
     register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
     check_num_classes(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
     # One training per folder: a second would mix checkpoints and report the other's model.
-    stale = lock_folder(cfg.OUTPUT_DIR) if not args.eval_only and comm.is_main_process() else None
+    stale = lock_folder(cfg.OUTPUT_DIR) if training and comm.is_main_process() else None
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
     if stale:
@@ -54,8 +62,8 @@ def setup(args, check=None, output=None):
     if no_gpu:
         logger.warning("No CUDA device for this process: running on the CPU (MODEL.DEVICE cpu).")
     if check is None:
-        check = cfg.DATASETS.TEST if args.eval_only else \
-            cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
+        check = cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST if training else \
+            cfg.DATASETS.TEST
     check_at_start(check, cfg.DATASETS.CHECK, logger)
     return cfg
 
@@ -107,7 +115,7 @@ def write_training_summary(cfg, trainer):
     """OUTPUT_DIR/training_summary.json: wall seconds of training (each iteration counted once over
     the sessions of a resumed run: the work a killed session did after its last checkpoint is not
     counted), iterations, images per second, trainable parameters and the sessions themselves;
-    tools/compare.py reads it."""
+    ``tumorseg compare`` reads it."""
     sessions = trainer.sessions()
     seconds = sum(s["seconds"] for s in sessions)
     iterations = trainer.iterations_done()
@@ -125,25 +133,22 @@ def write_training_summary(cfg, trainer):
     return summary
 
 
-def main(args):
-    return train_and_test(setup(args), args)
-
-
-def train_and_test(cfg, args):
-    """--eval-only: evaluate MODEL.WEIGHTS on DATASETS.TEST. Otherwise train, then evaluate the
-    checkpoint chosen on validation on DATASETS.TEST."""
-    if args.eval_only:
+def train_and_test(cfg, eval_only=False, resume=False):
+    """``eval_only``: evaluate MODEL.WEIGHTS on DATASETS.TEST. Otherwise train (``resume``: from
+    OUTPUT_DIR's last checkpoint), then evaluate the checkpoint chosen on validation on
+    DATASETS.TEST."""
+    if eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs weights to evaluate: add MODEL.WEIGHTS <checkpoint>, "
                              "e.g. output/model_best.pth.")
         model = Trainer.build_model(cfg)
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).resume_or_load(
-            resolve_weights(cfg.MODEL.WEIGHTS), resume=args.resume
+            resolve_weights(cfg.MODEL.WEIGHTS), resume=resume
         )
         return Trainer.test(cfg, model)
 
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    trainer.resume_or_load(resume=resume)
     trainer.train()
     if comm.is_main_process():
         write_training_summary(cfg, trainer)

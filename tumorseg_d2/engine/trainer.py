@@ -18,8 +18,11 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
+from ..config import derived
 from ..data.loader import TrainingState, build_resumable_train_loader, build_test_loader
-from ..evaluation import OverlapEvaluator, TumorCOCOEvaluator, format_results, save_results
+from ..evaluation.evaluators import OverlapEvaluator, TumorCOCOEvaluator
+from ..evaluation.report import format_results
+from ..files import write_json
 from ..rng import preserve_rng
 from .hooks import (BestCheckpointer, DeferredWriter, EarlyStopping, FlushBeforeCheckpoint,
                     ValidationLoss, drop_metrics_from)
@@ -113,7 +116,7 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process():
             for name, res in per_dataset.items():
                 folder = os.path.join(cfg.OUTPUT_DIR, "inference", name)
-                save_results(res, os.path.join(folder, "metrics.json"))
+                write_json(os.path.join(folder, "metrics.json"), res, indent=2)
                 logger.info(f"COCO results on {name} (saved in {folder}/metrics.json):\n"
                             + format_results(res))
         return results
@@ -134,10 +137,7 @@ class Trainer(DefaultTrainer):
             ret.insert(0, TrainingState(self.data_stream))
         # DefaultTrainer evaluates DATASETS.TEST while training; we validate on DATASETS.VAL so the
         # test split never takes part in a choice.
-        val_cfg = cfg.clone()
-        val_cfg.defrost()
-        val_cfg.DATASETS.TEST = cfg.DATASETS.VAL
-        val_cfg.freeze()
+        val_cfg = derived(cfg, {"DATASETS.TEST": cfg.DATASETS.VAL})
         at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook))
         period = cfg.TEST.EVAL_PERIOD
         extra = [hooks.EvalHook(period, lambda: self.validate(val_cfg))]

@@ -1,15 +1,10 @@
-"""What tools/plot_metrics.py runs: training curves from Detectron2's metrics.json, runs overlaid."""
-import argparse
+"""Training curves: Detectron2's metrics.json of one or several runs, read and drawn on shared
+axes (iterations trained)."""
 import json
 import math
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .files import refuse_output_in_training_run  # noqa: E402
+from .plots import plt
 
 
 def read_metrics(run_dir):
@@ -50,20 +45,28 @@ def curve_keys(series_by_run):
     return sorted(wanted, key=order)
 
 
+def plot_series(ax, series, xlabel="training iterations"):
+    """One line per label of ``series`` ({label: [(x, y)]}; empty ones skipped), with markers when
+    there are few points, on a grid: the curve drawing of every training and sweep plot."""
+    for label, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(xs) < 15 else None, ms=3, label=label)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+
+
 def plot_runs(run_dirs, output):
+    """One PNG at ``output``: a panel per curve (:func:`curve_keys`), the runs overlaid; returns
+    the curves drawn."""
     runs = {os.path.basename(os.path.normpath(d)) or d: read_metrics(d) for d in run_dirs}
     keys = curve_keys(runs)
     cols = 3
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for name, series in runs.items():
-            if key in series:
-                its, vals = zip(*series[key])
-                ax.plot(its, vals, marker="o" if len(its) < 15 else None, ms=3, label=name)
+        plot_series(ax, {name: series.get(key, []) for name, series in runs.items()})
         ax.set_title(key)
-        ax.set_xlabel("training iterations")
-        ax.grid(alpha=0.3)
         if key.startswith(("total", "loss", "val")):
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(keys):]:
@@ -74,17 +77,3 @@ def plot_runs(run_dirs, output):
     fig.savefig(output, dpi=90)
     plt.close(fig)
     return keys
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Plot losses, learning rate and validation metrics "
-                                "of one or several training runs on shared axes.")
-    p.add_argument("run_dirs", nargs="+", help="OUTPUT_DIRs of training runs")
-    p.add_argument("--output", help="PNG path (default: output/curves/<first run>.png; never "
-                   "inside a training run, which only its training writes)")
-    args = p.parse_args(argv)
-    first = os.path.basename(os.path.normpath(args.run_dirs[0]))
-    output = args.output or os.path.join("output", "curves", f"{first}.png")
-    refuse_output_in_training_run(os.path.dirname(os.path.abspath(output)))
-    keys = plot_runs(args.run_dirs, output)
-    print(f"{len(keys)} curves of {len(args.run_dirs)} run(s) written to {output}")

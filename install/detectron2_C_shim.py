@@ -1,6 +1,6 @@
 """Pure-Python stand-in for Detectron2's compiled module ``detectron2._C``.
 
-tools/install_detectron2.py copies this file into the wheel as ``detectron2/_C.py``. Mask R-CNN
+install/install_detectron2.py copies this file into the wheel as ``detectron2/_C.py``. Mask R-CNN
 R50-FPN needs none of the compiled ops: torchvision provides ROIAlign and NMS, and evaluation uses
 pycocotools (``COCOEvaluator(..., use_fast_impl=False)``). Every other op raises NotImplementedError
 naming itself, so a config that needs one fails at the first call with a clear message rather than
@@ -10,7 +10,7 @@ import torch
 
 _FIX = (
     "This detectron2 is the pure-Python v0.6 build installed by tumorseg-d2 "
-    "(tools/install_detectron2.py), which has no compiled C++/CUDA ops. Use a config that avoids "
+    "(install/install_detectron2.py), which has no compiled C++/CUDA ops. Use a config that avoids "
     "this op (Mask R-CNN R50-FPN needs none), or install a full detectron2 build: it is kept "
     "when present."
 )

@@ -1,52 +1,41 @@
-"""Side-by-side comparison of trained runs on one split: one table, one figure.
+"""Side-by-side comparison of trained runs on one split: one table, one figure (what
+``tumorseg compare`` runs).
 
-    python tools/compare.py RUN_DIR [RUN_DIR ...] [--output DIR] [--split test]
-    python tools/compare.py --train CONFIG [CONFIG ...] --output DIR [KEY VALUE ...]
-    python tools/compare.py RUN_DIR ... --output DIR [KEY VALUE ...]   (overrides for evaluation)
+A run is an OUTPUT_DIR of ``tumorseg train`` (its config.yaml, checkpoints and
+training_summary.json). :func:`train_runs` first trains configs into ``<output>/<config name>``
+(skipping runs that finished, resuming runs that were interrupted). Each run's checkpoint
+(model_best.pth, else the last) is evaluated on the split by the evaluation pipeline, at the same
+score threshold.
 
-A run is an OUTPUT_DIR of tools/train_net.py (its config.yaml, checkpoints and
-training_summary.json). ``--train`` first trains each config into ``DIR/<config name>`` with
-tools/train_net.py (KEY VALUE overrides apply to every config), skipping runs that finished and
-resuming runs that were interrupted. Each run's checkpoint (model_best.pth, else the last) is
-evaluated on the split by the same code as tools/evaluate.py, at the same score threshold.
-
-Outputs in DIR: ``compare.md`` and ``compare.csv`` (model, parameters, training time, inference
-seconds per image, class-agnostic bbox AP / AP50, Dice, IoU, pixel precision / recall / F1,
-per-image sensitivity), ``compare.png`` (the same images under each model) and each run's full
-evaluation in ``DIR/evaluation/<run>/``.
+Outputs: ``compare.md`` and ``compare.csv`` (model, parameters, training time, inference seconds
+per image, class-agnostic bbox AP / AP50, Dice, IoU, pixel precision / recall / F1, per-image
+sensitivity), ``compare.png`` (the same images under each model) and each run's full evaluation in
+``<output>/evaluation/<run>/``.
 """
-import argparse
-import csv
 import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.detection_utils import read_image
-from detectron2.utils.logger import setup_logger
-from pycocotools import mask as mask_util
 
+from ..checkpoint import SafeCheckpointer
+from ..config import get_tumorseg_cfg, merge_config
+from ..data import register_tumorseg
+from ..drawing import draw_prediction, draw_truth, resized_tile, save_rgb
+from ..engine.run import final_weights, use_cpu_without_gpu
+from ..engine.trainer import Trainer
+from ..tables import fmt_value, markdown_table, write_csv
 from . import clinical
-from .checkpoint import SafeCheckpointer
-from .config import get_tumorseg_cfg, merge_config
-from .data import register_tumorseg
-from .engine.run import final_weights, use_cpu_without_gpu
-from .engine.trainer import Trainer
-from .evaluate import dataset_for
-from .files import refuse_output_in_training_run
-from .report import evaluate_predictions, fmt_value, markdown_table, predict
-from .visualize import draw_overlay, save_rgb, titled
+from .pipeline import dataset_for, evaluate_predictions, predict
 
 logger = logging.getLogger("tumorseg_d2")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (column, key in the row, percent?) of compare.md, in order.
 COLUMNS = [
     ("model", "model", False), ("run", "run", False), ("parameters", "parameters", False),
@@ -60,8 +49,9 @@ COLUMNS = [
 
 # ---------------------------------------------------------------- training
 def train_runs(configs, output, opts=()):
-    """Train each config into ``output/<config name>`` with tools/train_net.py; returns the run
-    folders. A run with training_summary.json is done; one with a checkpoint is resumed."""
+    """Train each config into ``output/<config name>`` with ``tumorseg train`` (a process each, its
+    output in the run's train_stdout.log); returns the run folders. A run with
+    training_summary.json is done; one with a checkpoint is resumed."""
     runs = []
     for config in configs:
         if not os.path.isfile(config):
@@ -73,7 +63,7 @@ def train_runs(configs, output, opts=()):
             logger.info(f"{run}: trained already (training_summary.json); not retrained.")
             continue
         resume = os.path.isfile(os.path.join(run, "last_checkpoint"))
-        cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
+        cmd = [sys.executable, "-m", "tumorseg_d2", "train", "--config-file", config,
                *(["--resume"] if resume else []), "OUTPUT_DIR", run, *opts]
         logger.info(("Resuming" if resume else "Training") + f" {config} into {run}")
         os.makedirs(run, exist_ok=True)
@@ -90,7 +80,7 @@ def run_config(run, opts=()):
     """The config a run was trained with (its config.yaml), on the CPU if there is no GPU."""
     path = os.path.join(run, "config.yaml")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: {run} is not a tools/train_net.py output "
+        raise FileNotFoundError(f"{path} does not exist: {run} is not a training run's output "
                                 "folder (OUTPUT_DIR), or its training never started.")
     cfg = merge_config(get_tumorseg_cfg(), path, opts)
     use_cpu_without_gpu(cfg)
@@ -146,10 +136,7 @@ def evaluate_run(run, split, output, threshold, opts=()):
 
 # ---------------------------------------------------------------- outputs
 def write_table(rows, output, split, threshold):
-    with open(os.path.join(output, "compare.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(os.path.join(output, "compare.csv"), rows)
     cells = []
     for r in rows:
         cells.append([f"{r[k]:,}" if k == "parameters" else
@@ -195,85 +182,12 @@ def write_figure(path, runs, threshold, count=4, tile=256):
             meta = MetadataCatalog.get(run["dataset"])
             record = run["records"][file_name]
             if k == 0:
-                boxes, classes, masks = clinical.truth_instances(record)
-                tiles.append(_tile(draw_overlay(image, boxes, classes, masks, meta.thing_classes,
-                                                meta.thing_colors), "truth", tile))
+                tiles.append(resized_tile(draw_truth(image, record, meta), "truth", tile))
             pred = run["preds"][record["image_id"]]
-            keep = pred["scores"] >= threshold
-            masks = [mask_util.decode(r).astype(bool) for r, kk in zip(pred["rles"], keep) if kk]
             dice = clinical.image_row(pred, record, threshold)["dice"]
-            tiles.append(_tile(draw_overlay(image, pred["boxes"][keep], pred["classes"][keep],
-                                            masks, meta.thing_classes, meta.thing_colors,
-                                            scores=pred["scores"][keep]),
-                               f"{run['row']['run']}  Dice {dice:.2f}", tile))
+            tiles.append(resized_tile(draw_prediction(image, pred, meta, threshold),
+                                      f"{run['row']['run']}  Dice {dice:.2f}", tile))
         rows.append(np.hstack(tiles))
     if rows:
         save_rgb(path, np.vstack(rows))
     return files
-
-
-def _tile(image, title, size):
-    return titled(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA), title)
-
-
-# ---------------------------------------------------------------- command line
-CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
-
-
-def parse_args(argv=None):
-    """As documented: ``RUN_DIR... [--train CONFIG...] [--output DIR] [KEY VALUE...]``, the
-    overrides last, as for tools/train_net.py; they start at the first KEY (e.g. SOLVER.MAX_ITER)."""
-    p = argparse.ArgumentParser(description="Compare trained runs on one split: a Markdown + CSV "
-                                "table and a figure of the same images under each model.")
-    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="OUTPUT_DIRs of tools/train_net.py, "
-                   "then KEY VALUE config overrides for every training and evaluation")
-    p.add_argument("--train", nargs="+", default=[], metavar="CONFIG",
-                   help="train these configs into OUTPUT/<config name> first (skips finished runs)")
-    p.add_argument("--output", default="output/compare")
-    p.add_argument("--split", default="test")
-    p.add_argument("--score-threshold", type=float, default=0.5)
-    p.add_argument("--images", type=int, default=4, help="images in compare.png")
-    p.add_argument("--opts", nargs="+", default=[],
-                   help="KEY VALUE config overrides (the same as giving them last)")
-    args = p.parse_intermixed_args(argv)
-    args.runs, opts_after_runs = split_overrides(args.runs)
-    args.train, opts_after_train = split_overrides(args.train)
-    args.opts = opts_after_train + opts_after_runs + list(args.opts)
-    if len(args.opts) % 2:
-        p.error(f"config overrides come in KEY VALUE pairs; got {' '.join(args.opts)}")
-    return args
-
-
-def split_overrides(items):
-    """(paths, overrides): ``items`` cut at the first config key that is not an existing path."""
-    for i, item in enumerate(items):
-        if CONFIG_KEY.match(item) and not os.path.exists(item):
-            return items[:i], items[i:]
-    return items, []
-
-
-def main(argv=None):
-    args = parse_args(argv)
-    refuse_output_in_training_run(args.output)
-    os.makedirs(args.output, exist_ok=True)
-    setup_logger(args.output, name="tumorseg_d2")
-    setup_logger(args.output, name="detectron2", abbrev_name="d2")
-    runs = list(args.runs) + train_runs(args.train, args.output, args.opts)
-    if not runs:
-        raise SystemExit("Nothing to compare: give run folders (OUTPUT_DIRs) or --train CONFIG ...")
-    evaluated = []
-    for run in runs:
-        row, preds, name = evaluate_run(run, args.split, args.output, args.score_threshold,
-                                        args.opts)
-        evaluated.append({"row": row, "dataset": name,
-                          "preds": {p["image_id"]: p for p in preds},
-                          "records": {r["file_name"]: r for r in DatasetCatalog.get(name)}})
-        logger.info(f"{row['run']}: bbox AP50 {row['bbox_AP50']:.2f}, Dice {row['dice']:.3f}")
-    rows = [e["row"] for e in evaluated]
-    table = write_table(rows, args.output, args.split, args.score_threshold)
-    write_figure(os.path.join(args.output, "compare.png"), evaluated, args.score_threshold,
-                 args.images)
-    print(table)
-    print(f"\nTable: {os.path.join(args.output, 'compare.md')} (and .csv); figure: "
-          f"{os.path.join(args.output, 'compare.png')}")
-    return rows

@@ -10,12 +10,12 @@ fails while compiling. This script, run with the interpreter of the target envir
 2. downloads the sdist with pip, verifying its pinned sha256 (cached under ``.cache/detectron2``);
 3. patches the few places where v0.6 predates today's libraries (see PATCHES; each patch must
    apply, so a different source tree fails loudly instead of half-working);
-4. adds ``detectron2/_C.py`` (tools/detectron2_C_shim.py): the compiled ops Mask R-CNN R50-FPN does not
+4. adds ``detectron2/_C.py`` (install/detectron2_C_shim.py): the compiled ops Mask R-CNN R50-FPN does not
    need raise NotImplementedError naming the op;
 5. builds a ``detectron2`` wheel with a minimal setup.py and installs it with ``--no-deps`` (the
    dependencies come from requirements.lock).
 
-Usage:  python tools/install_detectron2.py [--force] [--cache-dir DIR]
+Usage:  python install/install_detectron2.py [--force] [--cache-dir DIR]
 """
 import argparse
 import importlib.util
@@ -32,8 +32,7 @@ SDIST = "pb1-detectron2==0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # The local version label marks wheels built by this script, so reruns can recognise them.
 WHEEL_VERSION = "0.6+tumorseg.pure2"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIM = os.path.join(REPO_ROOT, "tools", "detectron2_C_shim.py")
+SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detectron2_C_shim.py")
 
 # (file, old, new): exact substitutions. Decisions are explained in README "Detectron2 v0.6 on
 # today's libraries".

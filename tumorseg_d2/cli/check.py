@@ -1,22 +1,23 @@
-"""What tools/check_dataset.py runs: find every defect of COCO splits, optionally write a fixed copy."""
-import argparse
-import json
+"""Check COCO splits for every defect that costs a user; exit 1 on errors (warnings do not fail).
+
+  tumorseg check datasets/tumorseg --json output/check.json
+  tumorseg check datasets/tumorseg/train datasets/tumorseg/valid --fix output/tumorseg_fixed
+"""
 import os
 import sys
 import time
 
 from detectron2.data import DatasetCatalog
-from tabulate import tabulate
 
-from .data.check import NEAR_DUPLICATE_SIMILARITY, check_splits, report_dict
-from .data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
-from .data.fix import exact_copies, fix_split
-from .files import UnsafeFileError, inside, refuse_output_inside_inputs
+from ..data.check import NEAR_DUPLICATE_SIMILARITY, check_splits, report_dict, summary_table
+from ..data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
+from ..data.fix import write_fixed_copy
+from ..files import UnsafeFileError, write_json
+from .common import command_parser
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Check COCO splits for every defect that costs a "
-                                "user; exit 1 on errors (warnings do not fail).")
+    p = command_parser("check", __doc__)
     p.add_argument("targets", nargs="+", help="split folders (holding _annotations.coco.json), a "
                    "dataset root holding split folders, or registered names (tumorseg_train)")
     p.add_argument("--json", metavar="REPORT", help="write the full report (every item) here")
@@ -65,42 +66,6 @@ def resolve_targets(targets):
     return splits
 
 
-def summary_table(findings, show):
-    rows = []
-    for f in findings:
-        examples = "; ".join(str(x) for x in f.items[:show])
-        more = f" (+{f.count - show} more)" if f.count > show else ""
-        rows.append([f.severity, f.split, f.code, f.count, (examples + more)[:110]])
-    return tabulate(rows, headers=["severity", "split", "check", "count", "examples"])
-
-
-def write_fix(details, out, inputs):
-    try:
-        refuse_output_inside_inputs(out, [d for _, d in inputs], "--fix")
-    except UnsafeFileError as e:
-        raise SystemExit(str(e)) from e
-    if any(inside(d, out) for _, d in inputs):
-        raise SystemExit(f"--fix {out} contains an input folder; choose a folder elsewhere (the "
-                         "input is never written).")
-    if os.path.isdir(out) and os.listdir(out):
-        raise SystemExit(f"--fix {out} exists and is not empty; choose a new folder.")
-    changes, copies = [], exact_copies(details)
-    for split, d in details.items():
-        fixed, log = fix_split(d["coco"], d["image_dir"], d["decoded"], os.path.join(out, split),
-                               split, {f: orig for (s, f), orig in copies.items() if s == split},
-                               d["malformed"])
-        with open(os.path.join(out, split, ANNOTATION_FILE), "w") as f:
-            json.dump(fixed, f)
-        changes += log
-    with open(os.path.join(out, "fix_log.jsonl"), "w") as f:
-        f.writelines(json.dumps(c) + "\n" for c in changes)
-    with open(os.path.join(out, "fix_log.md"), "w") as f:
-        f.write(f"# Changes made by tools/check_dataset.py --fix ({len(changes)})\n\n")
-        f.write(tabulate([[c["split"], c["action"], c["item"], c["detail"]] for c in changes],
-                         headers=["split", "action", "item", "detail"], tablefmt="github") + "\n")
-    return changes
-
-
 def main(argv=None):
     args = parse_args(argv)
     register_tumorseg()
@@ -118,12 +83,13 @@ def main(argv=None):
     for f in findings:
         print(f"\n[{f.severity}] {f.split}: {f.code} ({f.count}): {f.message}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=1)
+        write_json(args.json, report)
         print(f"\nFull report (every item): {args.json}")
     if args.fix:
-        changes = write_fix(details, args.fix, splits.values())
+        try:
+            changes = write_fixed_copy(details, args.fix, splits.values())
+        except UnsafeFileError as e:
+            raise SystemExit(str(e)) from e
         print(f"\nCorrected copy in {args.fix} ({len(changes)} changes: "
               f"{os.path.join(args.fix, 'fix_log.md')}). Near duplicates and box-only masks are "
               "reported, not changed.")

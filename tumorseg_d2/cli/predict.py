@@ -1,4 +1,8 @@
-"""What tools/predict.py runs: inference on any folder, glob or files; overlays and COCO json."""
+r"""Predict tumors on images (folders, globs or files): overlays, and COCO-style json.
+
+  tumorseg predict --config-file configs/mask_rcnn_R_18_FPN_scratch_cpu.yaml \
+      --weights output/run1/model_best.pth --input scans/ "more/*.png" --output output/predictions --save-json
+"""
 import argparse
 import glob
 import math
@@ -7,19 +11,20 @@ import sys
 import time
 
 from detectron2.data import MetadataCatalog
-from pycocotools import mask as mask_util
 from tqdm import tqdm
 
-from .engine.run import setup
-from .files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
-from .predictor import BatchPredictor, read_input_image
-from .visualize import draw_overlay, save_rgb
+from ..drawing import draw_prediction, save_rgb
+from ..engine.run import setup
+from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
+from ..predictions import above, dataset_category_ids, to_coco_results
+from ..predictor import BatchPredictor, read_input_image
+from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Predict tumors on images; write overlays and json.")
+    p = command_parser("predict", __doc__)
     p.add_argument("--config-file", required=True)
     p.add_argument("--weights", required=True)
     p.add_argument("--input", nargs="+", required=True, help="folders, globs or image files")
@@ -28,12 +33,12 @@ def parse_args(argv=None):
     p.add_argument("--save-json", action="store_true", help="write predictions.json (COCO style)")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier tools/predict.py run in --output")
+                   help="replace the files of an earlier tumorseg predict run in --output")
     p.add_argument("--backbone-runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="onnxruntime: run ResNet+FPN in ONNX Runtime (README, Performance)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    add_overrides(p)
     return p.parse_args(argv)
 
 
@@ -57,7 +62,7 @@ def prepare_output(output, inputs, overwrite):
         ours = any(os.path.exists(os.path.join(output, m)) for m in (INCOMPLETE, RUN_SUMMARY))
         if not ours:
             raise SystemExit(f"--output {output} is not empty and was not written by "
-                             "tools/predict.py: choose a new folder.")
+                             "tools/predict.py or tumorseg predict: choose a new folder.")
         if not overwrite:
             raise SystemExit(f"--output {output} holds an earlier run's predictions: pass "
                              "--overwrite to replace them, or choose a new folder.")
@@ -67,7 +72,7 @@ def prepare_output(output, inputs, overwrite):
                 os.remove(path)
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, INCOMPLETE), "w") as f:
-        f.write("tools/predict.py is writing this folder, or was stopped before it finished: "
+        f.write("tumorseg predict is writing this folder, or was stopped before it finished: "
                 "the overlays and json files here may be partial. Rerun with --overwrite.\n")
 
 
@@ -96,12 +101,10 @@ def main(argv=None):
     # Before setup, which writes config.yaml and log.txt into the output as part of this run.
     refuse_output_in_training_run(args.output)
     prepare_output(args.output, args.input, args.overwrite)
-    cfg = setup(argparse.Namespace(
-        config_file=args.config_file, eval_only=True, resume=False,
-        opts=["MODEL.WEIGHTS", args.weights] + args.opts),
-        check=(), output=args.output)  # predicting on images reads no dataset
+    cfg = setup(args.config_file, args.opts, weights=args.weights, check=(),  # reads no dataset
+                output=args.output)
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    reverse = {v: k for k, v in meta.thing_dataset_id_to_contiguous_id.items()}
+    category_ids = dataset_category_ids(meta)
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
@@ -112,25 +115,16 @@ def main(argv=None):
             if "error" in pred:  # reported at the end; the other images go on
                 errors.append({"file_name": path, "error": pred["error"]})
                 continue
-            keep = pred["scores"] >= args.score_threshold
-            masks = [m for m, k in zip(pred["masks"], keep) if k]
+            pred["image_id"] = x["index"]
             # The image as the model saw it (EXIF orientation applied), so boxes land in its frame.
-            overlay = draw_overlay(read_input_image(path, "RGB"), pred["boxes"][keep],
-                                   pred["classes"][keep],
-                                   [mask_util.decode(m).astype(bool) for m in masks],
-                                   meta.thing_classes, meta.thing_colors, pred["scores"][keep])
+            overlay = draw_prediction(read_input_image(path, "RGB"), pred, meta, args.score_threshold)
             stem = os.path.splitext(os.path.basename(path))[0]
             save_rgb(os.path.join(args.output, f"{x['index']:05d}_{stem}.png"), overlay)
-            for box, score, cls, rle in zip(pred["boxes"][keep], pred["scores"][keep],
-                                            pred["classes"][keep], masks):
-                x0, y0, x1, y1 = (float(v) for v in box)
-                results.append({"image_id": x["index"], "file_name": path,
-                                "category_id": reverse[int(cls)],
-                                "category_name": meta.thing_classes[int(cls)],
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
-                                "segmentation": {"size": rle["size"],
-                                                 "counts": rle["counts"].decode()}})
-            detections += int(keep.sum())
+            kept = above(pred, args.score_threshold)
+            for result, cls in zip(to_coco_results([kept], category_ids), kept["classes"]):
+                result.update(file_name=path, category_name=meta.thing_classes[int(cls)])
+                results.append(result)
+            detections += len(kept["scores"])
             done += 1
     seconds = time.time() - start
     if args.save_json:

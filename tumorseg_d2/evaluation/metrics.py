@@ -1,11 +1,13 @@
 """Overlap and detection figures read by clinicians, one small function each.
 
-Masks are boolean arrays of one image (H, W): the union of the instances above the score threshold
-for predictions, the union of the annotated tumors for the truth. Conventions for empty inputs are
-stated per function; an undefined figure is NaN, never a silent 0 or 1.
+Masks are boolean arrays of one image (H, W), or of a volume (N, H, W): the union of the instances
+above the score threshold for predictions, the union of the annotated tumors for the truth.
+Conventions for empty inputs are stated per function; an undefined figure is NaN, never a silent 0
+or 1.
 """
 import cv2
 import numpy as np
+from scipy import ndimage
 
 
 def _counts(pred, truth):
@@ -56,30 +58,39 @@ def box_iou(a, b):
 
 
 def _boundary(mask):
-    """Pixels of ``mask`` with a 4-neighbour outside it (the image border counts as outside)."""
-    padded = np.pad(mask, 1).astype(np.uint8)
-    inner = cv2.erode(padded, np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8))[1:-1, 1:-1]
-    return mask & ~inner.astype(bool)
+    """Pixels (voxels) of ``mask`` with a face neighbour outside it (the border counts as outside)."""
+    if mask.ndim == 2:
+        padded = np.pad(mask, 1).astype(np.uint8)
+        inner = cv2.erode(padded, np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], np.uint8))[1:-1, 1:-1]
+        return mask & ~inner.astype(bool)
+    cross = ndimage.generate_binary_structure(mask.ndim, 1)
+    inner = ndimage.binary_erosion(np.pad(mask, 1), cross)[(slice(1, -1),) * mask.ndim]
+    return mask & ~inner
 
 
-def _distance_to(points):
-    """Euclidean distance of every pixel to the nearest True pixel of ``points``."""
-    return cv2.distanceTransform((~points).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+def _distance_to(points, spacing=None):
+    """Euclidean distance (in units of ``spacing``, default pixels) of every pixel or voxel to the
+    nearest True one of ``points``."""
+    if points.ndim == 2 and spacing is None:
+        return cv2.distanceTransform((~points).astype(np.uint8), cv2.DIST_L2,
+                                     cv2.DIST_MASK_PRECISE)
+    return ndimage.distance_transform_edt(~points, sampling=spacing)
 
 
-def hausdorff95(pred, truth):
-    """HD95 in pixels, as MONAI computes it (``compute_hausdorff_distance(percentile=95)``) and most
+def hausdorff95(pred, truth, spacing=None):
+    """HD95 in pixels (or, with ``spacing`` per axis, in its units, e.g. mm for a volume), as MONAI
+    computes it (``compute_hausdorff_distance(percentile=95)``) and most
     papers report it: the larger of the two directed 95th percentiles, max(P95 of the distances
     from each boundary pixel of ``pred`` to the nearest boundary pixel of ``truth``, P95 of the
-    reverse). Boundary: the pixels with a 4-neighbour outside the mask. Defined only when both
-    masks are non-empty (NaN otherwise, e.g. a missed tumor). Identical masks give 0.
+    reverse). Boundary: the pixels (voxels) with a face neighbour outside the mask. Defined only
+    when both masks are non-empty (NaN otherwise, e.g. a missed tumor). Identical masks give 0.
     """
     pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     if not pred.any() or not truth.any():
         return float("nan")
     bp, bt = _boundary(pred), _boundary(truth)
-    return float(max(np.percentile(_distance_to(bt)[bp], 95),
-                     np.percentile(_distance_to(bp)[bt], 95)))
+    return float(max(np.percentile(_distance_to(bt, spacing)[bp], 95),
+                     np.percentile(_distance_to(bp, spacing)[bt], 95)))
 
 
 def hausdorff95_pooled(pred, truth):

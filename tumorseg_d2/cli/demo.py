@@ -1,24 +1,23 @@
-"""The README's first command: train, evaluate on the test split, and draw predictions.
+"""Train, evaluate on the test split and draw predictions: on the real TumorSeg data when found, else on a phantom.
 
-Uses the real TumorSeg export when it is found (``$DETECTRON2_DATASETS/tumorseg`` or
-``datasets/tumorseg``), else a synthetic phantom data set written under the output folder.
-Sized for about 10 minutes on 2 CPU cores.
+  tumorseg demo                      (real data at $DETECTRON2_DATASETS/tumorseg or datasets/tumorseg)
+  tumorseg demo --phantom --iters 20 --output /tmp/demo
+
+The phantom is a synthetic data set written under the output folder. Sized for about 10 minutes
+on 2 CPU cores.
 """
-import argparse
 import os
 import time
 
-from detectron2.engine import default_argument_parser
+from ..config import config_path, derived, get_tumorseg_cfg, merge_config
+from ..data.datasets import SPLITS, default_root, split_paths
+from ..data.phantom import make_phantom_dataset
+from ..engine.run import final_weights, setup, train_and_test
+from ..evaluation.panels import visualize_split
+from ..evaluation.report import format_results
+from .common import add_overrides, command_parser
 
-from .config import get_tumorseg_cfg, merge_config
-from .data.datasets import SPLITS, default_root, split_paths
-from .data.phantom import make_phantom_dataset
-from .engine.run import final_weights, setup, train_and_test
-from .evaluation import format_results
-from .visualize import visualize_split
-
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                      "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml")
+CONFIG = "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml"
 # Iterations of 8 images, 1.5-2.1 s each on 2 CPU cores at 320 px: under 12 minutes in all on the
 # real data. The phantom is easy: AP50 is near 100 after 100 iterations.
 ITERS = {"real": 240, "phantom": 150}
@@ -27,7 +26,7 @@ ITERS = {"real": 240, "phantom": 150}
 def recipe_schedule(iters):
     """Overrides that compress the CPU recipe's schedule (README, Performance) to ``iters``: the
     learning-rate cuts at the same fractions of the run, a warm-up of at most a fifth of it."""
-    recipe = merge_config(get_tumorseg_cfg(), CONFIG)
+    recipe = merge_config(get_tumorseg_cfg(), config_path(CONFIG))
     steps = tuple(max(1, round(s * iters / recipe.SOLVER.MAX_ITER)) for s in recipe.SOLVER.STEPS)
     return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(steps),
             "SOLVER.WARMUP_ITERS", str(min(recipe.SOLVER.WARMUP_ITERS, iters // 5))]
@@ -44,16 +43,16 @@ def find_real_data():
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = command_parser("demo", __doc__)
     parser.add_argument("--output", default="output/demo")
     parser.add_argument("--iters", type=int, help="training iterations (default: by data set)")
     parser.add_argument("--phantom", action="store_true", help="use the phantom even if real data exists")
     parser.add_argument("--num-pictures", type=int, default=8)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra KEY VALUE config overrides")
+    add_overrides(parser, "extra KEY VALUE config overrides")
     return parser.parse_args(argv)
 
 
-def run(argv=None):
+def main(argv=None):
     args = parse_args(argv)
     start = time.time()
     root = None if args.phantom else find_real_data()
@@ -75,13 +74,10 @@ def run(argv=None):
                  "SOLVER.CHECKPOINT_PERIOD", str(max(iters // 2, 1)),
                  # Validation AP still picks the best checkpoint; the loss pass would add a minute.
                  "TEST.VAL_LOSS", "False"] + args.opts
-    train_args = default_argument_parser().parse_args(["--config-file", CONFIG] + overrides)
-    cfg = setup(train_args)
-    results = train_and_test(cfg, train_args)
+    cfg = setup(config_path(CONFIG), overrides, training=True)
+    results = train_and_test(cfg)
     weights = final_weights(train_dir)
-    cfg.defrost()
-    cfg.MODEL.WEIGHTS = weights
-    cfg.freeze()
+    cfg = derived(cfg, {"MODEL.WEIGHTS": weights})
     pictures_dir = os.path.join(args.output, "predictions")
     visualize_split(cfg, cfg.DATASETS.TEST[0], pictures_dir, args.num_pictures, sort="random")
     print(f"\n[demo] {kind} data, {iters} iterations, test split, weights {weights}:\n")

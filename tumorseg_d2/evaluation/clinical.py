@@ -1,7 +1,7 @@
 """Per-image overlap and detection figures at a score threshold, and their summaries.
 
-Predictions are per-image dicts ``{"image_id", "boxes" (N, 4) XYXY, "scores" (N,), "classes" (N,)
-contiguous ids, "rles" (N COCO RLEs)}``; ground truth is the registered dataset's records.
+Predictions are prediction records (:mod:`tumorseg_d2.predictions`); ground truth is the
+registered dataset's records.
 
 Definitions (also written into the report):
 - A detection is a prediction with score >= the threshold. A tumor is *found* when a detection
@@ -20,36 +20,11 @@ Definitions (also written into the report):
   non-empty; the slices with a tumor but no predicted pixel, left out of that mean, are counted.
 """
 import numpy as np
-from detectron2.evaluation.coco_evaluation import instances_to_coco_json
-from detectron2.structures import BoxMode, polygons_to_bitmask
-from pycocotools import mask as mask_util
-
+from ..data.datasets import truth_instances
+from ..predictions import mask_arrays
 from . import metrics as M
 
 MATCH_IOU = 0.5
-
-
-def to_prediction(image_id, instances):
-    """A model's Instances (on the CPU, in image pixels) as a prediction dict of this module."""
-    rles = [r["segmentation"] for r in instances_to_coco_json(instances, image_id)] \
-        if instances.has("pred_masks") else []
-    return {
-        "image_id": image_id,
-        "boxes": instances.pred_boxes.tensor.numpy().astype(float),
-        "scores": instances.scores.numpy().astype(float),
-        "classes": instances.pred_classes.numpy().astype(int),
-        "rles": rles,
-    }
-
-
-def truth_instances(record, cls=None):
-    """(boxes XYXY (N, 4), classes (N,), masks [N x (H, W) bool]) of a record's tumors."""
-    h, w = record["height"], record["width"]
-    anns = [a for a in record.get("annotations", []) if cls is None or a["category_id"] == cls]
-    boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
-    masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
-    return (np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns], int),
-            masks)
 
 
 def truth_of(record, cls=None):
@@ -90,9 +65,8 @@ def image_row(pred, record, threshold, cls=None, match_iou=MATCH_IOU):
     """All per-slice figures of one image (for one class, or all classes when cls is None)."""
     true_boxes, _, true_mask = truth_of(record, cls)
     det = detections_of(pred, threshold, cls)
-    pred_mask = np.zeros_like(true_mask)
-    if len(det):
-        pred_mask = mask_util.decode([pred["rles"][i] for i in det]).any(axis=2)
+    masks = mask_arrays(pred, det)
+    pred_mask = np.any(masks, axis=0) if masks else np.zeros_like(true_mask)
     found, tumors, detections = _lesion_counts(pred, det, true_boxes, match_iou)
     tp_px, fp_px, fn_px = M._counts(pred_mask, true_mask)
     if tumors:

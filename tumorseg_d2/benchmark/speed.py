@@ -1,4 +1,4 @@
-"""Benchmarks side by side with plain Detectron2 (tools/benchmark.py): training and data loading
+"""Benchmarks side by side with plain Detectron2 (``tumorseg benchmark``): training and data loading
 throughput, batch inference, evaluation time, and the machine's limit. Every figure is the median
 of several runs after a warm-up; each project figure is reported with its ratio to Detectron2's,
 measured in the same run, since absolute times drift on a shared machine and ratios hold."""
@@ -11,7 +11,6 @@ import tempfile
 import threading
 import time
 
-import numpy as np
 import psutil
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -21,14 +20,16 @@ from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor, DefaultTrainer, HookBase
 from detectron2.evaluation import COCOEvaluator, inference_context
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from fvcore.nn import FlopCountAnalysis
-from pycocotools import mask as mask_util
 
-from .checkpoint import SafeCheckpointer, resolve_weights
-from .engine.trainer import Trainer
-from .predictor import BatchPredictor, instances_to_result, quiet_tracing
-from .report import coco_metrics, evaluate_predictions, markdown_table, to_coco_results
+from ..checkpoint import SafeCheckpointer, resolve_weights
+from ..engine.trainer import Trainer
+from ..evaluation.coco import coco_metrics
+from ..evaluation.pipeline import evaluate_predictions
+from ..files import write_json
+from ..predictions import dataset_category_ids, from_instances, to_coco_results, to_instances
+from ..predictor import BatchPredictor, quiet_tracing
+from ..tables import fmt_value, markdown_table
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +255,8 @@ def default_predictor_runner(cfg, settings):
     predictor = DefaultPredictor(_with_test_size(cfg, settings["size"], settings["max_size"]))
 
     def run(records):
-        return [instances_to_result(predictor(read_image(r["file_name"], "BGR"))["instances"]
-                                    .to("cpu"), "rle") for r in records]
+        return [from_instances(predictor(read_image(r["file_name"], "BGR"))["instances"].to("cpu"))
+                for r in records]
     return run, predictor.model
 
 
@@ -272,17 +273,17 @@ def batch_predictor_runner(cfg, settings):
 
 
 def as_predictions(results, records):
-    """Runner results (both encode masks as RLE per image, as a user keeping them would) as this
-    package's prediction dicts."""
-    return [{"image_id": r["image_id"], "boxes": p["boxes"], "scores": p["scores"],
-             "classes": p["classes"], "rles": p["masks"]} for r, p in zip(records, results)]
+    """Runner results (prediction records with RLE masks, as a user keeping them would have) with
+    the split's image ids."""
+    return [dict(p, image_id=r["image_id"]) for r, p in zip(records, results)]
 
 
 def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs_at, limits):
     """Each variant on the split's images: images/s, s/image, peak memory, COCO AP of its
     predictions, and achieved GFLOP/s against the measured matmul limit."""
     records = DatasetCatalog.get(dataset_name)
-    classes = MetadataCatalog.get(dataset_name).thing_classes
+    meta = MetadataCatalog.get(dataset_name)
+    classes, category_ids = list(meta.thing_classes), dataset_category_ids(meta)
     rows, preds_of = [], {}
     for name, settings in inference_variants(cfg):
         logger.info(f"inference benchmark: {name} on {len(records)} images, {repeats} runs")
@@ -294,7 +295,8 @@ def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs
         with PeakMemory() as memory:  # a pass of its own: sampling PSS takes CPU time
             run(records)
         preds = as_predictions(results, records)
-        coco, _ = coco_metrics(gt_json, to_coco_results(preds, dataset_name), classes)
+        coco, _ = coco_metrics(gt_json, to_coco_results(preds, category_ids), classes,
+                               [category_ids[k] for k in range(len(classes))])
         macs = macs_at(model, settings["size"])
         precision = settings.get("precision", "fp32")
         achieved, limit = 2 * macs * len(records) / seconds / 1e9, limits[precision]
@@ -315,17 +317,6 @@ def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs
 
 
 # ---------------------------------------------------------------- evaluation
-def _instances(pred, height, width):
-    inst = Instances((height, width))
-    inst.pred_boxes = Boxes(torch.as_tensor(np.asarray(pred["boxes"], np.float32).reshape(-1, 4)))
-    inst.scores = torch.as_tensor(np.asarray(pred["scores"], np.float32))
-    inst.pred_classes = torch.as_tensor(np.asarray(pred["classes"], np.int64))
-    masks = mask_util.decode(list(pred["rles"])) if len(pred["rles"]) else \
-        np.zeros((height, width, 0), np.uint8)
-    inst.pred_masks = torch.as_tensor(masks.transpose(2, 0, 1).astype(bool))
-    return inst
-
-
 def run_evaluator(evaluator, inputs, outputs):
     evaluator.reset()
     for x, out in zip(inputs, outputs):
@@ -340,7 +331,7 @@ def benchmark_evaluation(cfg, dataset_name, preds, repeats):
     tools/evaluate.py (COCO AP and AR per class and class-agnostic, clinical figures, plots)."""
     records = {r["image_id"]: r for r in DatasetCatalog.get(dataset_name)}
     inputs = [records[p["image_id"]] for p in preds]
-    outputs = [{"instances": _instances(p, x["height"], x["width"])} for p, x in zip(preds, inputs)]
+    outputs = [{"instances": to_instances(p)} for p in preds]
     out = {"images": len(preds)}
     with tempfile.TemporaryDirectory() as tmp:
         evaluators = {
@@ -416,14 +407,10 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
 
 
 # ---------------------------------------------------------------- Markdown
-def _f(value, digits=2):
-    return "n/a" if value is None or (isinstance(value, float) and np.isnan(value)) else \
-        f"{value:.{digits}f}"
-
-
 def _side_by_side(title, section, what, time_label, time_key):
     """A section's two rows (ours, Detectron2's) and their images/s ratio, as Markdown lines."""
-    rows = [[k, _f(section[k][time_key], 3), _f(section[k]["images_per_s"])]
+    rows = [[k, fmt_value(section[k][time_key], digits=3),
+             fmt_value(section[k]["images_per_s"], digits=2)]
             for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]
     return [title, "", markdown_table([what, time_label, "images/s"], rows), "",
             f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**", ""]
@@ -454,10 +441,11 @@ def markdown(result):
                   markdown_table(
                       ["variant", "px", "images/s", "s/image", "speed-up", "peak MiB", "bbox AP",
                        "bbox AP50", "segm AP", "achieved GFLOP/s", "/ limit"],
-                      [[r["variant"], str(r["size"]), _f(r["images_per_s"]),
-                        _f(r["seconds_per_image"], 3),
-                        f"{r['speedup']:.2f}x", f"{r['peak_memory_mib']:.0f}", _f(r["bbox_AP"], 1),
-                        _f(r["bbox_AP50"], 1), _f(r["segm_AP"], 1), _f(r["achieved_gflops"], 0),
+                      [[r["variant"], str(r["size"]), fmt_value(r["images_per_s"], digits=2),
+                        fmt_value(r["seconds_per_image"], digits=3), f"{r['speedup']:.2f}x",
+                        f"{r['peak_memory_mib']:.0f}", fmt_value(r["bbox_AP"], digits=1),
+                        fmt_value(r["bbox_AP50"], digits=1), fmt_value(r["segm_AP"], digits=1),
+                        fmt_value(r["achieved_gflops"], digits=0),
                         f"{100 * r['achieved_over_limit']:.0f}% of {r['precision']}"]
                        for r in rows]), ""]
     if "evaluation" in result:
@@ -465,6 +453,26 @@ def markdown(result):
         names = [k for k in e if isinstance(e[k], dict)]
         lines += [f"Evaluation of the reference's predictions ({e['images']} images):", "",
                   markdown_table(["evaluator", "seconds", "speed vs Detectron2"],
-                                 [[k, _f(e[k]["seconds"]), f"{e[k]['speed_ratio']:.2f}x"]
+                                 [[k, fmt_value(e[k]["seconds"], digits=2),
+                                   f"{e[k]['speed_ratio']:.2f}x"]
                                   for k in names]), ""]
     return "\n".join(lines)
+
+
+def first_images(name, n):
+    """A split registered under a new name with only its first ``n`` images."""
+    subset = f"{name}_first{n}"
+    if subset not in DatasetCatalog.list():
+        DatasetCatalog.register(subset, lambda: DatasetCatalog.get(name)[:n])
+        meta = MetadataCatalog.get(name).as_dict()
+        meta.pop("name")
+        meta.pop("json_file", None)  # the subset's COCO file is written from its records
+        MetadataCatalog.get(subset).set(**meta)
+    return subset
+
+
+def save_results(result, output):
+    """benchmark.json (NaN as null) and benchmark.md in ``output``."""
+    write_json(os.path.join(output, "benchmark.json"), result, indent=2)
+    with open(os.path.join(output, "benchmark.md"), "w") as f:
+        f.write(markdown(result) + "\n")

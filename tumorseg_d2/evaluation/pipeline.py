@@ -1,0 +1,98 @@
+"""The evaluation pipeline: predict a registered split, then every figure, the plots and the
+report (what ``tumorseg evaluate`` runs, and compare, sweep and benchmark with it)."""
+import logging
+import os
+import time
+
+import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
+from tqdm import tqdm
+
+from ..data.loader import build_test_loader
+from ..files import write_json
+from ..predictions import dataset_category_ids, from_instances, to_coco_results
+from . import clinical
+from .coco import coco_metrics
+from .plots import write_plots
+from .report import write_report
+
+logger = logging.getLogger("tumorseg_d2")
+
+
+def dataset_for(cfg, split):
+    """A split name ('test') in the naming of the config's datasets (a class-agnostic config gets
+    the one-class split), or a registered name as is."""
+    if split in DatasetCatalog.list():
+        return split
+    named = (cfg.DATASETS.TEST or cfg.DATASETS.VAL or cfg.DATASETS.TRAIN)[0]
+    return named.rsplit("_", 1)[0] + "_" + split
+
+
+def predict(cfg, model, dataset_name):
+    """Run ``model`` over a registered split (progress bar); prediction records with RLE masks."""
+    loader = build_test_loader(cfg, dataset_name)
+    preds = []
+    model.eval()
+    with torch.inference_mode():
+        for inputs in tqdm(loader, desc=f"inference on {dataset_name}", unit="img"):
+            for x, out in zip(inputs, model(inputs)):
+                preds.append(from_instances(out["instances"].to("cpu"), x["image_id"]))
+    return preds
+
+
+def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_source):
+    """Every figure for one split's predictions; writes the results, metrics.json, report.md and
+    the plots into ``output_dir``; returns the metrics."""
+    start = time.time()
+    os.makedirs(output_dir, exist_ok=True)
+    meta = MetadataCatalog.get(dataset_name)
+    classes = list(meta.thing_classes)
+    records = DatasetCatalog.get(dataset_name)
+
+    category_ids = dataset_category_ids(meta)
+    results = to_coco_results(preds, category_ids)
+    write_json(os.path.join(output_dir, "coco_instances_results.json"), results, indent=None)
+    gt_json = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+    convert_to_coco_json(dataset_name, gt_json, allow_cached=False)  # annotation ids from 1
+    coco, curves = coco_metrics(gt_json, results, classes,
+                                [category_ids[k] for k in range(len(classes))])
+
+    agnostic_rows = clinical.rows_for(preds, records, threshold)
+    figures = {"all classes": clinical.summarize(agnostic_rows)}
+    for k, name in enumerate(classes if len(classes) > 1 else []):
+        figures[f"class {name}"] = clinical.summarize(clinical.rows_for(preds, records, threshold, k))
+    confusion = clinical.class_confusion(preds, records, threshold, len(classes))
+
+    metrics = {
+        "dataset": dataset_name, "images": len(records), "score_threshold": threshold,
+        "threshold_source": threshold_source, "match_iou": clinical.MATCH_IOU,
+        "coco": coco, "clinical": figures,
+        "confusion_matrix": {"labels": ["background"] + classes, "rows_truth_cols_prediction":
+                             confusion.tolist()},
+        "per_image": agnostic_rows,
+        "evaluation_seconds": None,
+    }
+    plots = write_plots(output_dir, curves, confusion, ["background"] + classes, agnostic_rows)
+    metrics["evaluation_seconds"] = round(time.time() - start, 2)
+    write_json(os.path.join(output_dir, "metrics.json"), metrics, indent=2)
+    write_report(os.path.join(output_dir, "report.md"), metrics, plots)
+    logger.info(f"Evaluation of {len(records)} images took {metrics['evaluation_seconds']} s; "
+                f"report: {os.path.join(output_dir, 'report.md')}")
+    return metrics
+
+
+def evaluate_split(cfg, model, dataset_name, output_dir, threshold=0.5, threshold_from=None):
+    """Evaluate ``model`` on a registered split at ``threshold``, or at the threshold that
+    maximises lesion F1 on the split ``threshold_from``; returns the metrics (also metrics.json)."""
+    source = "fixed"
+    if threshold_from:
+        if threshold_from == dataset_name:
+            raise ValueError(f"--threshold-from {threshold_from} is the evaluated split; choose the "
+                             "threshold on another split (e.g. valid) so the figures stay honest.")
+        val_preds = predict(cfg, model, threshold_from)
+        threshold, f1s = clinical.best_threshold(val_preds, DatasetCatalog.get(threshold_from))
+        source = f"chosen on {threshold_from}: best lesion F1 {f1s[threshold]:.3f}"
+        logger.info(f"Score threshold {threshold} ({source})")
+    preds = predict(cfg, model, dataset_name)
+    return evaluate_predictions(preds, dataset_name, output_dir, threshold, source)

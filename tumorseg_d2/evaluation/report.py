@@ -1,0 +1,104 @@
+"""The evaluation's words: report.md for a split, and the console table of COCO AP."""
+import math
+import os
+
+from ..tables import fmt_value, markdown_table
+from .coco import COCO_STATS, METRICS
+
+
+def format_per_class(results, class_names):
+    """Console table of one task's AP figures per class."""
+    rows = [[name] + [results.get(f"{m}-{name}", float("nan")) for m in METRICS]
+            for name in class_names or []]
+    return markdown_table(["class"] + list(METRICS), rows, aligned=True)
+
+
+def format_results(results):
+    """Console table of {task: {metric: value}} with one row per task and class."""
+    rows, overlap = [], results.get("overlap")
+    for task, res in results.items():
+        if task == "overlap":
+            continue
+        rows.append([task, "all"] + [res.get(m, float("nan")) for m in METRICS])
+        classes = sorted({k.split("-", 1)[1] for k in res if k.startswith("AP50-")})
+        for name in classes:
+            rows.append([task, name] + [res.get(f"{m}-{name}", float("nan")) for m in METRICS])
+    table = markdown_table(["task", "class"] + list(METRICS), rows, aligned=True)
+    if any(isinstance(v, float) and math.isnan(v) for row in rows for v in row):
+        table += ("\nnan: no ground truth of that class or size in the split (APs: area < 32^2 px, "
+                  "APm: 32^2-96^2, APl: > 96^2), so the figure is undefined.")
+    if overlap:
+        table += "\nAt score >= 0.5: " + ", ".join(f"{k} {v:.2f}%" for k, v in overlap.items()) \
+            + " (Dice and IoU: mean per image with a tumor; sensitivity: tumors found)."
+    return table
+
+
+def write_report(path, metrics, plots, worst=10):
+    """report.md: definitions, COCO table, clinical tables, plots, worst images."""
+    classes = metrics["confusion_matrix"]["labels"][1:]
+    lines = [
+        f"# Evaluation on `{metrics['dataset']}` ({metrics['images']} images)",
+        "",
+        f"Score threshold **{metrics['score_threshold']}** ({metrics['threshold_source']}); a "
+        f"tumor counts as found when a detection overlaps it with box IoU >= {metrics['match_iou']}.",
+        "",
+        "## COCO AP (%)",
+        "",
+        "AP is averaged over IoU 0.50:0.95; APs/APm/APl over tumors smaller than 32x32 px, between "
+        "32x32 and 96x96, larger than 96x96; AR@k is the recall with at most k detections per "
+        "image. No score threshold applies here. *n/a*: the split has no tumor of that class or "
+        "size, so the figure is undefined (not zero).",
+        "",
+    ]
+    coco_headers = ["task", "class", "AP", "AP50", "AP75", "APs", "APm", "APl"]
+    rows = []
+    for task, res in metrics["coco"].items():
+        rows.append([task, "all"] + [fmt_value(res.get(m), True) for m in COCO_STATS[:6]]
+                    + [fmt_value(res.get(m), True) for m in ("AR1", "AR10", "AR100")])
+        for c in classes:
+            rows.append([task, c] + [fmt_value(res.get(f"{m}-{c}"), True) for m in COCO_STATS[:6]]
+                        + ["", "", fmt_value(res.get(f"AR100-{c}"), True)])
+        rows.append([task, "any class"] + [fmt_value(res.get(f"agnostic/{m}"), True)
+                                           for m in COCO_STATS])
+    lines += [markdown_table(coco_headers + ["AR@1", "AR@10", "AR@100"], rows), ""]
+
+    lines += ["## Detection and overlap at the threshold", "",
+              "Lesion level: sensitivity = found / tumors, precision = found / detections. Slice "
+              "level: a slice with tumor is a true positive when all its tumors are found; a slice "
+              "without tumor with any detection is a false positive. Dice and IoU *per image* are "
+              "means over the images that have a tumor (of that class); *pooled* "
+              "counts every pixel of the split once, as do pixel precision, recall and F1. HD95 "
+              "(pixels) follows MONAI: per image the larger of the two directed 95th percentiles "
+              "of the boundary distances; *pooled* is medpy's (both directions pooled, a few "
+              "percent lower). Both are means over the images where both masks are non-empty: "
+              "an image whose tumor got no predicted pixel is left out (counted in *images "
+              "without HD95*), so more misses can lower the mean.", ""]
+    keys = [("tumors", "tumors"), ("found", "found"), ("missed", "missed"),
+            ("false alarms", "false_alarms"), ("sensitivity", "sensitivity"),
+            ("precision", "precision"), ("F1", "f1"), ("slice sensitivity", "slice_sensitivity"),
+            ("slice specificity", "slice_specificity"), ("Dice per image", "dice_mean_per_image"),
+            ("Dice pooled", "dice_pooled"), ("IoU per image", "iou_mean_per_image"),
+            ("IoU pooled", "iou_pooled"), ("pixel precision", "pixel_precision"),
+            ("pixel recall", "pixel_recall"), ("pixel F1", "pixel_f1"),
+            ("HD95 (px, MONAI)", "hd95_mean"), ("HD95 pooled (px, medpy)", "hd95_pooled_mean"),
+            ("images with HD95", "hd95_images"),
+            ("images without HD95 (tumor, no predicted pixel)", "hd95_missing")]
+    groups = list(metrics["clinical"])
+    lines += [markdown_table(["figure"] + groups,
+                     [[label] + [fmt_value(metrics["clinical"][g][k]) for g in groups]
+                      for label, k in keys]), ""]
+    conf = metrics["clinical"]["all classes"]["slice_confusion"]
+    lines += ["Slices (all classes): " + ", ".join(f"{k} {v}" for k, v in conf.items()) + ".", ""]
+    if conf["TN"] + conf["FP"] == 0:
+        lines += ["Slice specificity is n/a: every slice of this split has a tumor, so there is no "
+                  "slice on which a false alarm could be counted against a true negative.", ""]
+
+    lines += ["## Plots", ""] + [f"**{caption}**\n\n![{caption}]({name})\n"
+                                 for caption, name in plots.items()]
+    ordered = sorted(metrics["per_image"], key=lambda r: (r["dice"], str(r["file_name"])))[:worst]
+    lines += [f"## The {len(ordered)} images with the lowest Dice", "",
+              markdown_table(["file", "tumors", "detections", "outcome", "Dice", "IoU"],
+                     [[os.path.basename(r["file_name"]), str(r["tumors"]), str(r["detections"]),
+                       r["outcome"], fmt_value(r["dice"]), fmt_value(r["iou"])] for r in ordered]), ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))

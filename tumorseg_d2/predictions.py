@@ -1,0 +1,113 @@
+"""The prediction record, and the one set of converters between it, Detectron2 ``Instances`` and
+COCO results.
+
+A prediction record is one image's detections, a dict:
+
+- ``image_id``: the dataset's image id (for files, the input's index);
+- ``height``, ``width``: the image's size in pixels;
+- ``boxes`` (N, 4) float XYXY in image pixels, ``scores`` (N,) float, ``classes`` (N,) int
+  (contiguous class ids, 0..K-1);
+- ``masks``: N COCO RLEs (the default), or an (N, H, W) bool array (``masks="array"``); absent
+  for a model without masks;
+- optionally ``probability`` (H, W) float32: per pixel, the highest mask probability of any
+  detection (for drawing).
+
+Everything that predicts (:class:`~tumorseg_d2.predictor.BatchPredictor`, the evaluation pipeline,
+the evaluators) makes records with :func:`from_instances`; everything that keeps, scores or draws
+them reads them with :func:`above`, :func:`mask_arrays` and :func:`to_coco_results`.
+"""
+import numpy as np
+import torch
+from detectron2.structures import Boxes, Instances
+from pycocotools import mask as mask_util
+
+MASK_ENCODINGS = ("rle", "array", None)
+
+
+def from_instances(instances, image_id=None, masks="rle"):
+    """The record of postprocessed ``Instances`` (on the CPU, in image pixels); ``masks``: "rle",
+    "array" or None (left out)."""
+    if masks not in MASK_ENCODINGS:
+        raise ValueError(f"masks is {masks!r}; use one of {MASK_ENCODINGS}.")
+    h, w = instances.image_size
+    pred = {"image_id": image_id, "height": h, "width": w,
+            "boxes": instances.pred_boxes.tensor.numpy().reshape(-1, 4),  # float32, as computed
+            "scores": instances.scores.numpy(),
+            "classes": instances.pred_classes.numpy().astype(int)}
+    if masks and instances.has("pred_masks"):
+        array = instances.pred_masks.numpy().astype(bool)
+        pred["masks"] = array if masks == "array" else \
+            [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) for m in array]
+    return pred
+
+
+def to_instances(pred):
+    """``Instances`` (image size, pred_boxes, scores, pred_classes and, if the record has masks,
+    pred_masks) of a record."""
+    h, w = pred["height"], pred["width"]
+    inst = Instances((h, w))
+    inst.pred_boxes = Boxes(torch.as_tensor(np.asarray(pred["boxes"], np.float32).reshape(-1, 4)))
+    inst.scores = torch.as_tensor(np.asarray(pred["scores"], np.float32))
+    inst.pred_classes = torch.as_tensor(np.asarray(pred["classes"], np.int64))
+    if "masks" in pred:
+        masks = mask_arrays(pred)
+        inst.pred_masks = torch.from_numpy(np.stack(masks) if len(masks) else
+                                           np.zeros((0, h, w), bool))
+    return inst
+
+
+def above(pred, threshold):
+    """The record with only the detections scoring >= ``threshold``."""
+    keep = np.flatnonzero(np.asarray(pred["scores"]) >= threshold)
+    out = dict(pred, boxes=pred["boxes"][keep], scores=pred["scores"][keep],
+               classes=pred["classes"][keep])
+    if "masks" in pred:
+        out["masks"] = pred["masks"][keep] if isinstance(pred["masks"], np.ndarray) else \
+            [pred["masks"][i] for i in keep]
+    return out
+
+
+def mask_arrays(pred, indices=None):
+    """The record's masks (those at ``indices``, default all) as a list of (H, W) bool arrays."""
+    masks = pred.get("masks", [])
+    indices = range(len(masks)) if indices is None else indices
+    if isinstance(masks, np.ndarray):
+        return [masks[i] for i in indices]
+    return [mask_util.decode(masks[i]).astype(bool) for i in indices]
+
+
+def dataset_category_ids(metadata):
+    """{contiguous class id: the dataset's category id} of a dataset's metadata."""
+    return {v: k for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
+
+
+def to_coco_results(preds, category_ids):
+    """Standard COCO results (XYWH boxes, RLE masks with text counts) of records, with the
+    dataset's category ids (``category_ids``: :func:`dataset_category_ids`)."""
+    results = []
+    for p in preds:
+        rles = p.get("masks")
+        if isinstance(rles, np.ndarray):
+            rles = [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) for m in rles]
+        for k, (box, score, cls) in enumerate(zip(p["boxes"], p["scores"], p["classes"])):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            result = {"image_id": p["image_id"], "category_id": category_ids[int(cls)],
+                      "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score)}
+            if rles is not None:
+                counts = rles[k]["counts"]
+                result["segmentation"] = {"size": list(rles[k]["size"]), "counts":
+                                          counts.decode() if isinstance(counts, bytes) else counts}
+            results.append(result)
+    return results
+
+
+def mask_and_scores(pred, threshold):
+    """(union mask (H, W) bool, score map (H, W) float32) of the detections scoring >=
+    ``threshold``: per pixel, whether a detection covers it and the highest score that does."""
+    kept = above(pred, threshold)
+    mask = np.zeros((pred["height"], pred["width"]), bool)
+    scores = np.zeros(mask.shape, np.float32)
+    for m, score in zip(mask_arrays(kept), kept["scores"]):
+        mask |= m
+        scores[m] = np.maximum(scores[m], score)
+    return mask, scores
