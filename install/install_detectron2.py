@@ -32,7 +32,8 @@ SDIST = "pb1-detectron2==0.6"
 SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 # The local version label marks wheels built by this script, so reruns can recognise them.
 WHEEL_VERSION = "0.6+tumorseg.pure2"
-SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "detectron2_C_shim.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIM = os.path.join(REPO_ROOT, "install", "detectron2_C_shim.py")
 
 # (file, old, new): exact substitutions. Decisions are explained in README "Detectron2 v0.6 on
 # today's libraries".
