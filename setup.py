@@ -14,7 +14,7 @@ setup(
     install_requires=[
         "torch", "torchvision", "pycocotools", "opencv-python-headless", "fvcore", "iopath",
         "matplotlib", "imagehash", "tqdm", "tabulate", "yacs", "omegaconf", "Pillow", "numpy",
-        "psutil", "onnx", "onnxruntime",
+        "psutil", "onnx", "onnxruntime", "pydicom", "nibabel", "scipy",
     ],
     extras_require={"test": ["pytest"], "ray": ["ray[tune]"]},
 )

@@ -10,8 +10,9 @@ COMMANDS = {
              "command)"),
     "train": ("train", "train a config, then evaluate on the test split (tools/train_net.py)"),
     "evaluate": ("evaluate", "COCO AP, Dice/IoU, detection figures, plots and report.md of a "
-                 "checkpoint on a split"),
-    "predict": ("predict", "predict tumors on image files or folders: overlays and COCO json"),
+                 "checkpoint on a split; volumetric figures on a volume with its mask"),
+    "predict": ("predict", "predict tumors on images (overlays, COCO json) and DICOM/NIfTI "
+                "volumes (mask, montage, lesion volumes)"),
     "visualize": ("visualize", "panels (image, truth, prediction, probability) of a split"),
     "sweep": ("sweep", "grid search over learning rate and training length"),
     "compare": ("compare", "trained runs side by side on one split: table and figure"),

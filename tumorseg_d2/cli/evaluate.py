@@ -1,16 +1,23 @@
-r"""Evaluate a checkpoint on a split: COCO AP, Dice/IoU, detection figures, plots and report.md.
+r"""Evaluate a checkpoint on a split (COCO AP, Dice/IoU, detection figures, plots, report.md) or on a volume with its mask (volumetric Dice, HD95 in mm, volume error).
 
   tumorseg evaluate --config-file configs/mask_rcnn_R_18_FPN_scratch_cpu.yaml \
       --weights output/run1/model_best.pth --split test --threshold-from valid
+  tumorseg evaluate --config-file ... --weights ... --volume brain.nii.gz --truth brain_mask.nii.gz \
+      --output output/volume_eval
 """
 import logging
 import os
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..data.check import check_at_start
+from ..data.volumes import (AXES, DEFAULT_PERCENTILES, read_truth_mask, read_volume,
+                            write_mask_nifti)
 from ..engine.run import setup
 from ..engine.trainer import Trainer
 from ..evaluation.pipeline import dataset_for, evaluate_split
+from ..evaluation.volumes import volume_figures
+from ..files import write_json
+from ..predictor import BatchPredictor, predict_volume
 from .common import add_overrides, command_parser
 
 logger = logging.getLogger("tumorseg_d2")
@@ -28,13 +35,52 @@ def parse_args(argv=None):
     group.add_argument("--threshold-from", metavar="SPLIT",
                        help="choose the threshold that maximises lesion F1 on this split "
                             "(e.g. valid), then apply it; never the evaluated split")
+    volumes = p.add_argument_group("a volume instead of a split")
+    volumes.add_argument("--volume", help="NIfTI file, DICOM file or DICOM series folder")
+    volumes.add_argument("--truth", help="its ground-truth mask (NIfTI on the volume's voxel grid)")
+    volumes.add_argument("--axis", choices=tuple(AXES), default="axial")
+    volumes.add_argument("--volume-index", type=int, help="the volume of a 4-D NIfTI")
+    volumes.add_argument("--window", choices=("auto", "dicom", "percentile"), default="auto")
+    volumes.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                         default=list(DEFAULT_PERCENTILES))
     add_overrides(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if bool(args.volume) != bool(args.truth):
+        p.error("--volume and --truth go together: the volume and its ground-truth mask.")
+    if args.volume and args.threshold_from:
+        p.error("--threshold-from chooses on a split; with --volume give --score-threshold.")
+    return args
+
+
+def evaluate_volume(cfg, args, output):
+    """Volumetric figures of the model on ``args.volume`` against ``args.truth``, written with the
+    predicted mask into ``output``."""
+    volume = read_volume(args.volume, args.axis, args.volume_index)
+    truth = read_truth_mask(args.truth, volume)
+    _, window, _, mask, _ = predict_volume(BatchPredictor(cfg), volume, args.score_threshold,
+                                           args.window, args.percentiles)
+    figures = volume_figures(mask, truth, volume.spacing)
+    figures.update(volume=args.volume, truth=args.truth, window=window,
+                   score_threshold=args.score_threshold, spacing_mm=volume.spacing)
+    os.makedirs(output, exist_ok=True)
+    write_mask_nifti(volume, mask, os.path.join(output, "mask.nii.gz"))
+    write_json(os.path.join(output, "volume_metrics.json"), figures)
+    unit = "mm" if volume.spacing else "voxels"
+    print(f"{volume.name}: volumetric Dice {figures['dice']:.3f}, HD95 {figures['hd95']:.2f} "
+          f"{unit}, volume {figures['volume_predicted']:.2f} vs {figures['volume_true']:.2f} "
+          f"{'ml' if volume.spacing else 'voxels'}; per slice: Dice {figures['slice_dice_mean']:.3f}"
+          f", sensitivity {figures['slice_sensitivity']:.3f}; "
+          f"{os.path.join(output, 'volume_metrics.json')}")
+    return figures
 
 
 def main(argv=None):
     args = parse_args(argv)
     cfg = setup(args.config_file, args.opts, weights=args.weights, check=(), output=args.output)
+    if args.volume:
+        volume_name = os.path.basename(os.path.normpath(args.volume)).split(".")[0]
+        return evaluate_volume(cfg, args, args.output or
+                               os.path.join(cfg.OUTPUT_DIR, "evaluation", volume_name))
     name = dataset_for(cfg, args.split)
     threshold_from = dataset_for(cfg, args.threshold_from) if args.threshold_from else None
     check_at_start([name] + ([threshold_from] if threshold_from else []), cfg.DATASETS.CHECK,

@@ -1,7 +1,13 @@
-r"""Predict tumors on images (folders, globs or files): overlays, and COCO-style json.
+r"""Predict tumors on images and volumes (folders, globs or files): overlays, COCO-style json; for a volume also its mask as NIfTI, a montage and volume_report.json.
 
   tumorseg predict --config-file configs/mask_rcnn_R_18_FPN_scratch_cpu.yaml \
       --weights output/run1/model_best.pth --input scans/ "more/*.png" --output output/predictions --save-json
+  tumorseg predict --config-file ... --weights ... --input brain.nii.gz dicom_series/ --axis axial \
+      --output output/volumes
+
+Images: .jpg .png .bmp .tif. Volumes: NIfTI (.nii, .nii.gz; --axis, --volume-index for 4-D), a
+DICOM file, or a folder holding one DICOM series (sorted by position). Volume slices are windowed
+to 8 bit by --window (auto: the DICOM window when stated, else the volume's --percentiles).
 """
 import argparse
 import glob
@@ -10,14 +16,18 @@ import os
 import sys
 import time
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from tqdm import tqdm
 
-from ..drawing import draw_prediction, save_rgb
+from ..data.volumes import (AXES, DEFAULT_PERCENTILES, NIFTI_SUFFIXES, VolumeError, is_volume_path,
+                            read_volume, write_mask_nifti)
+from ..drawing import contact_sheet, draw_prediction, save_rgb, titled
 from ..engine.run import setup
+from ..evaluation.volumes import volume_report
 from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from ..predictions import above, dataset_category_ids, to_coco_results
-from ..predictor import BatchPredictor, read_input_image
+from ..predictor import BatchPredictor, predict_volume, read_input_image
 from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -38,6 +48,15 @@ def parse_args(argv=None):
                    help="onnxruntime: run ResNet+FPN in ONNX Runtime (README, Performance)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16")
+    volumes = p.add_argument_group("volumes (NIfTI, DICOM)")
+    volumes.add_argument("--axis", choices=tuple(AXES), default="axial",
+                         help="the slicing plane of a NIfTI volume (default: %(default)s)")
+    volumes.add_argument("--volume-index", type=int, help="the volume of a 4-D NIfTI")
+    volumes.add_argument("--window", choices=("auto", "dicom", "percentile"), default="auto",
+                         help="8-bit windowing of volume slices (default: %(default)s)")
+    volumes.add_argument("--percentiles", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                         default=list(DEFAULT_PERCENTILES),
+                         help="the percentile window (default: %(default)s)")
     add_overrides(p)
     return p.parse_args(argv)
 
@@ -77,12 +96,15 @@ def prepare_output(output, inputs, overwrite):
 
 
 def expand_inputs(inputs):
-    """Image paths from folders (their image files), globs and files, in a stable order."""
+    """Image and volume paths from folders (their image and NIfTI files; a folder holding a DICOM
+    series is one volume), globs and files, in a stable order."""
     paths = []
     for item in inputs:
-        if os.path.isdir(item):
+        if os.path.isdir(item) and is_volume_path(item):
+            found = [item]
+        elif os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+                           if f.lower().endswith(IMAGE_EXTENSIONS + NIFTI_SUFFIXES))
         elif any(c in item for c in "*?["):
             found = sorted(glob.glob(item))
         elif os.path.isfile(item):
@@ -90,14 +112,44 @@ def expand_inputs(inputs):
         else:
             raise FileNotFoundError(f"--input {item}: no such file, folder or matching glob")
         if not found:
-            raise FileNotFoundError(f"--input {item}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            raise FileNotFoundError(f"--input {item}: no image files ({', '.join(IMAGE_EXTENSIONS)}), "
+                                    "NIfTI volumes or DICOM series")
         paths += found
     return paths
 
 
+def predict_volume_to(predictor, path, args, meta, output):
+    """A volume's outputs in ``output``: mask.nii.gz (the input's grid), slices/slice_NNN.png
+    overlays, montage.png (the slices with tumor) and volume_report.json; returns the report."""
+    volume = read_volume(path, args.axis, args.volume_index)
+    slices, window, preds, mask, scores = predict_volume(
+        predictor, volume, args.score_threshold, args.window, args.percentiles)
+    os.makedirs(os.path.join(output, "slices"), exist_ok=True)
+    with_tumor = []
+    for k, (image, pred) in enumerate(zip(slices, preds)):
+        overlay = draw_prediction(np.repeat(image[:, :, None], 3, axis=2), pred, meta,
+                                  args.score_threshold)
+        save_rgb(os.path.join(output, "slices", f"slice_{k:03d}.png"), overlay)
+        if mask[k].any():
+            with_tumor.append(titled(overlay, f"slice {k}"))
+    if with_tumor:
+        save_rgb(os.path.join(output, "montage.png"),
+                 contact_sheet(with_tumor, columns=min(4, len(with_tumor)),
+                               tile_width=with_tumor[0].shape[1]))
+    write_mask_nifti(volume, mask, os.path.join(output, "mask.nii.gz"))
+    report = volume_report(mask, volume.spacing, scores, source=path, window=window,
+                           threshold=args.score_threshold)
+    report.update(kind=volume.kind, axis=volume.axis, mask="mask.nii.gz",
+                  montage="montage.png" if with_tumor else None)
+    write_json(os.path.join(output, "volume_report.json"), report)
+    return report
+
+
 def main(argv=None):
     args = parse_args(argv)
-    paths = expand_inputs(args.input)
+    inputs = expand_inputs(args.input)
+    volumes = [p for p in inputs if is_volume_path(p)]
+    paths = [p for p in inputs if p not in volumes]
     # Before setup, which writes config.yaml and log.txt into the output as part of this run.
     refuse_output_in_training_run(args.output)
     prepare_output(args.output, args.input, args.overwrite)
@@ -126,18 +178,34 @@ def main(argv=None):
                 results.append(result)
             detections += len(kept["scores"])
             done += 1
+    lesions, volumes_done = 0, 0
+    for k, path in enumerate(tqdm(volumes, desc="volumes", unit="volume")):
+        name = os.path.basename(os.path.normpath(path)).split(".")[0]
+        try:
+            report = predict_volume_to(predictor, path, args, meta,
+                                       os.path.join(args.output, f"volume_{k:03d}_{name}"))
+        except VolumeError as e:  # reported at the end; the other inputs go on
+            errors.append({"file_name": path, "error": str(e)})
+            continue
+        lesions += len(report["lesions"])
+        volumes_done += 1
     seconds = time.time() - start
     if args.save_json:
         write_json(os.path.join(args.output, "predictions.json"), results, indent=None)
     if errors:
         write_json(os.path.join(args.output, "errors.json"), errors)
     write_json(os.path.join(args.output, RUN_SUMMARY), {
-        "images": len(paths), "predicted": done, "errors": len(errors), "detections": detections,
+        "images": len(paths), "volumes": len(volumes), "predicted": done + volumes_done,
+        "errors": len(errors), "detections": detections, "volume_lesions": lesions,
         "score_threshold": args.score_threshold, "weights": args.weights,
         "seconds": round(seconds, 1)})
     os.remove(os.path.join(args.output, INCOMPLETE))
-    print(f"{done} images, {detections} detections >= {args.score_threshold}, "
-          f"{seconds / max(done, 1):.3f} s per image; overlays in {args.output}")
+    if volumes:
+        print(f"{volumes_done} volumes, {lesions} 3-D lesions: mask.nii.gz, montage.png and "
+              f"volume_report.json in {args.output}/volume_*")
+    if paths or not volumes:
+        print(f"{done} images, {detections} detections >= {args.score_threshold}, "
+              f"{seconds / max(done, 1):.3f} s per image; overlays in {args.output}")
     if errors:
         print(f"\n{len(errors)} input(s) could not be used (also in "
               f"{os.path.join(args.output, 'errors.json')}):", file=sys.stderr)

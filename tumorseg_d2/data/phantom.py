@@ -122,3 +122,32 @@ def make_phantom_dataset(root, counts=None, seed=0, mask_style="box"):
         make_phantom_split(os.path.join(root, split), n, seed=seed * 10 + offset,
                            mask_style=mask_style, empty_first=(split == "train"))
     return root
+
+
+def make_phantom_volume(out_dir, slices=12, spacing=(3.0, 0.5, 0.5), seed=0):
+    """A phantom volume: one brain through ``slices`` axial slices and a round bright tumor (the
+    category-2 look) that is a sphere of radius 15 mm, written as ``volume.nii.gz`` and its
+    ``truth.nii.gz`` in ``out_dir`` (``spacing``: slice, row, column in mm). Returns the two
+    paths and the true tumor volume in ml (the truth's voxels times the voxel volume)."""
+    from .volumes import write_slices_nifti
+
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    _, _, geom = _brain(np.random.default_rng(seed))
+    cx, cy, ax, ay = geom
+    center = (cx + 0.3 * ax, cy - 0.2 * ay)
+    radius_mm, middle = 15.0, (slices - 1) / 2
+    images, truths = [], []
+    for k in range(slices):
+        img, _, _ = _brain(np.random.default_rng(seed))  # the same brain on every slice
+        mask = np.zeros((SIZE, SIZE), np.uint8)
+        dz = (k - middle) * spacing[0]
+        if abs(dz) < radius_mm:
+            r_px = np.sqrt(radius_mm ** 2 - dz ** 2) / spacing[1]
+            cv2.circle(mask, (int(center[0]), int(center[1])), int(round(r_px)), 1, -1)
+            img = _draw_tumor(img, mask, 2, rng)
+        images.append(np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8))
+        truths.append(mask)
+    volume = write_slices_nifti(images, os.path.join(out_dir, "volume.nii.gz"), spacing)
+    truth = write_slices_nifti(np.array(truths), os.path.join(out_dir, "truth.nii.gz"), spacing)
+    return volume, truth, float(np.sum(truths) * np.prod(spacing) / 1000)

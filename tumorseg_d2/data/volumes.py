@@ -306,26 +306,33 @@ def window_to_uint8(volume, method="auto", percentiles=DEFAULT_PERCENTILES):
         raise VolumeError(f"{volume.source} states no DICOM window (WindowCenter/Width or VOI "
                           "LUT): use --window percentile.")
     if method == "dicom" or (method == "auto" and stated):
-        from pydicom.pixels import apply_voi_lut
-
-        out = []
-        for s, ds in zip(volume.slices, volume.voi_datasets):
-            windowed = np.asarray(apply_voi_lut(s, ds), np.float32)
-            lo, hi = _voi_range(ds, windowed)
-            out.append(_scale(windowed, lo, hi))
+        out = np.stack([_dicom_voi(s, ds) for s, ds in zip(volume.slices, volume.voi_datasets)])
         how = {"method": "dicom", **(volume.window or {"voi_lut": True})}
-        return np.stack(out), how
+        return out, how
     lo, hi = (float(v) for v in np.percentile(volume.slices, percentiles))
     return _scale(volume.slices, lo, hi), {"method": "percentile", "percentiles": list(percentiles),
                                            "values": [lo, hi]}
 
 
-def _voi_range(ds, windowed):
-    """The output range of a DICOM VOI transform: the window's, or the LUT's values."""
+def _dicom_voi(values, ds):
+    """One slice (modality values) through its DICOM VOI transform, to 0-255: the VOI LUT when
+    the file has one (scaled by the LUT's bit depth), else the window centre/width with its
+    VOILUTFunction (PS3.3 C.11.2.1.2: LINEAR, LINEAR_EXACT or SIGMOID)."""
     if "VOILUTSequence" in ds:
-        return float(windowed.min()), float(windowed.max())
+        from pydicom.pixels import apply_voi_lut
+
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return _scale(np.asarray(apply_voi_lut(values, ds), np.float32), 0, 2 ** bits - 1)
     w = _window(ds)
-    return w["center"] - w["width"] / 2, w["center"] + w["width"] / 2
+    c, width = w["center"], max(w["width"], 1.0)
+    function = str(ds.get("VOILUTFunction", "LINEAR")).upper()
+    if function == "SIGMOID":
+        y = 1 / (1 + np.exp(-4 * (values - c) / width))
+    elif function == "LINEAR_EXACT":
+        y = (values - c) / width + 0.5
+    else:
+        y = (values - (c - 0.5)) / max(width - 1, 1) + 0.5
+    return _scale(np.clip(y, 0, 1), 0, 1)
 
 
 def _scale(values, lo, hi):
@@ -377,3 +384,19 @@ def read_truth_mask(path, volume):
         raise VolumeError(f"--truth {path}: its affine differs from the volume's ({volume.source}), "
                           "so its voxels are elsewhere in space; resample it onto the volume first.")
     return volume.from_input_grid(data > 0)
+
+
+def write_slices_nifti(slices, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)):
+    """A stack of slices in display orientation (N, H, W) as an axial NIfTI volume (RAS+, mm) that
+    :func:`read_volume` reads back as the same slices; ``spacing`` is (slice, row, column) in mm.
+    E.g. the PNG slices of one patient, stacked in slice order."""
+    import nibabel as nib
+
+    slices = np.asarray(slices)
+    step, d_row, d_col = spacing
+    affine = np.diag([d_col, d_row, step, 1.0])
+    affine[:3, 3] = origin
+    image = nib.Nifti1Image(np.stack([_undisplay(s) for s in slices], axis=2), affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return path
