@@ -239,6 +239,12 @@ def test_predict_writes_mask_montage_and_report_for_a_volume(checkpoint, tmp_pat
     assert all(0.5 <= x["score"] <= 1 for x in report["lesions"])
     assert os.path.isfile(os.path.join(folder, "montage.png"))
     assert len(glob.glob(os.path.join(folder, "slices", "slice_*.png"))) == 6
+    # --overwrite replaces the earlier run's volume folders too.
+    proc = run_tool("predict.py", "--config-file", SCRATCH_CFG, "--weights", weights, "--input",
+                    get_testdata_file("MR_small.dcm"), "--output", str(out), "--overwrite",
+                    "MODEL.DEVICE", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not os.path.exists(folder) and len(glob.glob(str(out / "volume_*"))) == 1
 
 
 def test_predict_reports_a_bad_volume_and_goes_on(checkpoint, tmp_path):

@@ -13,6 +13,7 @@ import argparse
 import glob
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -64,6 +65,7 @@ def parse_args(argv=None):
 # Beside the outputs: INCOMPLETE while a run writes (a killed run leaves it), predict_run.json
 # once the set of overlays and json files is complete and consistent.
 INCOMPLETE, RUN_SUMMARY = "INCOMPLETE", "predict_run.json"
+VOLUME_FOLDER = "volume_"  # volume_<k>_<name>/: one volume's mask, overlays, montage and report
 
 
 def positive_int(text):
@@ -89,6 +91,8 @@ def prepare_output(output, inputs, overwrite):
             path = os.path.join(output, name)
             if os.path.isfile(path) or os.path.islink(path):
                 os.remove(path)
+            elif name.startswith(VOLUME_FOLDER) and os.path.isdir(path):  # an earlier volume's
+                shutil.rmtree(path)
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, INCOMPLETE), "w") as f:
         f.write("tumorseg predict is writing this folder, or was stopped before it finished: "
@@ -182,8 +186,8 @@ def main(argv=None):
     for k, path in enumerate(tqdm(volumes, desc="volumes", unit="volume")):
         name = os.path.basename(os.path.normpath(path)).split(".")[0]
         try:
-            report = predict_volume_to(predictor, path, args, meta,
-                                       os.path.join(args.output, f"volume_{k:03d}_{name}"))
+            folder = os.path.join(args.output, f"{VOLUME_FOLDER}{k:03d}_{name}")
+            report = predict_volume_to(predictor, path, args, meta, folder)
         except VolumeError as e:  # reported at the end; the other inputs go on
             errors.append({"file_name": path, "error": str(e)})
             continue
