@@ -119,7 +119,8 @@ def test_eval_only_with_the_recipe_config(phantom_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.load(open(out / "inference" / "tumorseg_test" / "metrics.json"))
     assert set(saved) == {"bbox", "segm", "overlap"} and "AP50-1" in saved["segm"]
-    assert set(saved["overlap"]) == {"Dice", "IoU", "sensitivity"}
+    assert set(saved["overlap"]) == {"Dice", "IoU", "sensitivity", "Dice_pooled", "specificity",
+                                     "patient_Dice"}
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

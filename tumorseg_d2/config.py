@@ -19,6 +19,34 @@ def add_tumorseg_config(cfg):
     cfg.SOLVER.BETAS = (0.9, 0.999)
     # Root of the TumorSeg export; empty: $DETECTRON2_DATASETS/tumorseg, else datasets/tumorseg.
     cfg.DATASETS.TUMORSEG_ROOT = ""
+    # A dataset registered by name from this config (tumorseg_d2/data/sources.py, README "Your
+    # own data"): NAME gives <NAME>_{train,valid,test} and <NAME>_fold<k>_{train,valid,test}.
+    cfg.DATASETS.SOURCE = CN()
+    cfg.DATASETS.SOURCE.NAME = ""  # empty: none
+    cfg.DATASETS.SOURCE.FORMAT = "masks"  # "masks" (image/mask-pair folders) or "coco"
+    cfg.DATASETS.SOURCE.ROOT = ""  # "${DETECTRON2_DATASETS}" in it: that variable, or "datasets"
+    # COCO: the json and the image folder, relative to ROOT; "{split}" in them: given splits.
+    cfg.DATASETS.SOURCE.JSON = ""
+    cfg.DATASETS.SOURCE.IMAGES = ""
+    # Masks: <image stem><MASK_SUFFIX>.<ext> beside each image, or the same relative path under
+    # ROOT/MASK_DIR (images then under ROOT/IMAGE_DIR).
+    cfg.DATASETS.SOURCE.MASK_SUFFIX = "_mask"
+    cfg.DATASETS.SOURCE.MASK_DIR = ""
+    cfg.DATASETS.SOURCE.IMAGE_DIR = ""
+    cfg.DATASETS.SOURCE.CLASSES = ()  # masks: default ("tumor",); COCO: by category name
+    cfg.DATASETS.SOURCE.MASK_VALUES = ()  # label masks: the pixel value of each class
+    cfg.DATASETS.SOURCE.MIN_AREA = 0  # mask regions of fewer pixels are dropped (and counted)
+    # Regular expression that finds the patient id in an image's path relative to ROOT (to
+    # ROOT/IMAGE_DIR for masks; group 1 if any), e.g. "TCGA_[A-Z0-9]+_[A-Z0-9]+" or "^[^/]+" (a folder per patient); empty: split by
+    # image. SLICE_PATTERN finds the slice number in the file name.
+    cfg.DATASETS.SOURCE.PATIENT_PATTERN = ""
+    cfg.DATASETS.SOURCE.SLICE_PATTERN = r"(\d+)$"
+    cfg.DATASETS.SOURCE.SPLIT_FRACTIONS = (0.7, 0.15, 0.15)  # train, valid, test, by patient
+    cfg.DATASETS.SOURCE.SPLIT_SEED = 0
+    cfg.DATASETS.SOURCE.FOLDS = 5  # cross-validation folds registered (0: none)
+    # Drop tumor-free slices from training (Detectron2's FILTER_EMPTY_ANNOTATIONS, per dataset).
+    # False: they train as negatives, which teaches the model to stay silent on healthy slices.
+    cfg.DATASETS.SOURCE.FILTER_EMPTY = False
     # Splits evaluated during training (checkpoint selection, validation loss, early stopping).
     # DATASETS.TEST is used only for the final report and --eval-only, never for a choice.
     cfg.DATASETS.VAL = ("tumorseg_valid",)
@@ -36,7 +64,8 @@ def add_tumorseg_config(cfg):
     cfg.TEST.EARLY_STOP_PATIENCE = 0
     # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
     cfg.MODEL.PIXEL_SEG = CN()
-    cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S grayscale
+    cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S
+    cfg.MODEL.PIXEL_SEG.IN_CHANNELS = 1  # 1: the mean of the image's channels; 3: all three
     cfg.MODEL.PIXEL_SEG.LOSS = "BCE"  # "BCE", "DICE" or "BCE+DICE"
     cfg.MODEL.PIXEL_SEG.THRESHOLD = 0.5  # probability at and above which a pixel is tumor
     cfg.MODEL.PIXEL_SEG.MIN_AREA = 0  # components of fewer pixels (at the slice's size) dropped

@@ -15,6 +15,8 @@ COMMANDS = {
                 "volumes (mask, montage, lesion volumes)"),
     "visualize": ("visualize", "panels (image, truth, prediction, probability) of a split"),
     "sweep": ("sweep", "grid search over learning rate and training length"),
+    "crossval": ("crossval", "grouped k-fold cross-validation by patient: a table of every "
+                 "figure per fold, mean +/- sd"),
     "compare": ("compare", "trained runs side by side on one split: table and figure"),
     "check": ("check", "check COCO splits for defects; write a fixed copy"),
     "benchmark": ("benchmark", "speed, memory and AP of inference, training and data loading"),

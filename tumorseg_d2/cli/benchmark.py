@@ -14,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..benchmark.speed import first_images, run_benchmarks, save_results
 from ..config import config_path, get_tumorseg_cfg, merge_config, validate_config
-from ..data import register_tumorseg
+from ..data import register_datasets
 from ..engine.run import final_weights, use_cpu_without_gpu
 from ..evaluation.pipeline import dataset_for
 from ..files import refuse_output_in_training_run
@@ -54,7 +54,7 @@ def main(argv=None):
     if not cfg.MODEL.WEIGHTS:
         cfg.MODEL.WEIGHTS = final_weights(cfg.OUTPUT_DIR) or ""
     cfg.freeze()
-    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    register_datasets(cfg)
     name = dataset_for(cfg, args.split)  # the one-class split for a class-agnostic config
     if args.images:
         name = first_images(name, args.images)

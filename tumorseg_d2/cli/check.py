@@ -1,7 +1,11 @@
-"""Check COCO splits for every defect that costs a user; exit 1 on errors (warnings do not fail).
+"""Check COCO splits for every defect that costs a user, and a config's splits for patients on both sides; exit 1 on errors (warnings do not fail).
 
   tumorseg check datasets/tumorseg --json output/check.json
   tumorseg check datasets/tumorseg/train datasets/tumorseg/valid --fix output/tumorseg_fixed
+  tumorseg check --config-file configs/lgg/unet_lgg_cpu.yaml
+
+With --config-file, the config's datasets are registered (so their names can be targets) and its
+DATASETS.TRAIN, VAL and TEST are checked for patients whose slices lie in two of them.
 """
 import os
 import sys
@@ -9,16 +13,19 @@ import time
 
 from detectron2.data import DatasetCatalog
 
-from ..data.check import NEAR_DUPLICATE_SIMILARITY, check_splits, report_dict, summary_table
+from ..config import get_tumorseg_cfg, merge_config
+from ..data.check import (NEAR_DUPLICATE_SIMILARITY, check_splits, patient_findings, report_dict,
+                          summary_table)
+from ..data.sources import register_datasets
 from ..data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
 from ..data.fix import write_fixed_copy
 from ..files import UnsafeFileError, write_json
-from .common import command_parser
+from .common import command_parser, split_overrides
 
 
 def parse_args(argv=None):
     p = command_parser("check", __doc__)
-    p.add_argument("targets", nargs="+", help="split folders (holding _annotations.coco.json), a "
+    p.add_argument("targets", nargs="*", help="split folders (holding _annotations.coco.json), a "
                    "dataset root holding split folders, or registered names (tumorseg_train)")
     p.add_argument("--json", metavar="REPORT", help="write the full report (every item) here")
     p.add_argument("--fix", metavar="OUT", help="write a corrected copy of every split to OUT "
@@ -30,7 +37,14 @@ def parse_args(argv=None):
                    "(default %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--show", type=int, default=2, help="examples per finding in the table")
-    return p.parse_args(argv)
+    p.add_argument("--config-file", help="register this config's datasets and check its splits' "
+                   "patients")
+    args = p.parse_intermixed_args(argv)
+    # KEY VALUE overrides of --config-file come last, after the targets.
+    args.targets, args.opts = split_overrides(args.targets)
+    if not args.targets and not args.config_file:
+        p.error("give split folders, dataset names or --config-file")
+    return args
 
 
 def resolve_targets(targets):
@@ -59,7 +73,12 @@ def resolve_targets(targets):
             for d in subs:
                 add(d, (os.path.join(target, d, ANNOTATION_FILE), os.path.join(target, d)))
         elif target in DatasetCatalog.list():
-            add(target, dataset_files(target))
+            files = dataset_files(target)
+            if files is None:
+                raise SystemExit(f"{target} is an image/mask-folder dataset: it has no COCO file "
+                                 "to check (its loader refuses unusable pairs; --patients checks "
+                                 "its patients across splits).")
+            add(target, files)
         else:
             raise SystemExit(f"{target} is neither a folder nor a registered dataset name (e.g. "
                              "tumorseg_train; set DETECTRON2_DATASETS for those).")
@@ -69,17 +88,24 @@ def resolve_targets(targets):
 def main(argv=None):
     args = parse_args(argv)
     register_tumorseg()
+    patient_splits = []
+    if args.config_file:
+        cfg = merge_config(get_tumorseg_cfg(), args.config_file, args.opts)
+        register_datasets(cfg)
+        patient_splits = cfg.DATASETS.TRAIN + cfg.DATASETS.VAL + cfg.DATASETS.TEST
     splits = resolve_targets(args.targets)
     start = time.time()
     findings, details = check_splits(splits, deep=not args.quick,
                                      min_similarity=args.near_duplicate_similarity,
-                                     workers=args.workers)
+                                     workers=args.workers) if splits else ([], {})
+    findings += patient_findings(patient_splits)
     seconds = round(time.time() - start, 1)
     report = report_dict(findings, seconds)
     report["splits"] = {s: {"json": j, "images": d} for s, (j, d) in splits.items()}
     print(summary_table(findings, args.show) if findings else "No defects found.")
     print(f"\n{report['errors']} error(s), {report['warnings']} warning(s) in "
-          f"{', '.join(splits)}; checked in {seconds} s.")
+          f"{', '.join(list(splits) + [f'patients of {n}' for n in patient_splits])}; checked "
+          f"in {seconds} s.")
     for f in findings:
         print(f"\n[{f.severity}] {f.split}: {f.code} ({f.count}): {f.message}")
     if args.json:

@@ -9,17 +9,15 @@ ones resumed); KEY VALUE overrides (last on the line) apply to every training an
 """
 import logging
 import os
-import re
 
 from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation.compare import evaluate_run, train_runs, write_figure, write_table
 from ..files import refuse_output_in_training_run
-from .common import command_parser
+from .common import command_parser, split_overrides
 
 logger = logging.getLogger("tumorseg_d2")
-CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 
 
 def parse_args(argv=None):
@@ -43,14 +41,6 @@ def parse_args(argv=None):
     if len(args.opts) % 2:
         p.error(f"config overrides come in KEY VALUE pairs; got {' '.join(args.opts)}")
     return args
-
-
-def split_overrides(items):
-    """(paths, overrides): ``items`` cut at the first config key that is not an existing path."""
-    for i, item in enumerate(items):
-        if CONFIG_KEY.match(item) and not os.path.exists(item):
-            return items[:i], items[i:]
-    return items, []
 
 
 def main(argv=None):

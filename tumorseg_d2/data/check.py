@@ -490,10 +490,15 @@ def check_at_start(dataset_names, policy="refuse", logger=None):
     from .datasets import dataset_files
 
     findings = []
-    for name in dict.fromkeys(dataset_names):
-        json_path, image_dir = dataset_files(name)
+    names = list(dict.fromkeys(dataset_names))
+    for name in names:
+        files = dataset_files(name)
+        if files is None:  # image/mask folders: their loader refuses what it cannot use
+            continue
+        json_path, image_dir = files
         coco, fatal = load_coco(json_path, name)
         findings += fatal if coco is None else check_structure(coco, image_dir, name)[0]
+    findings += patient_findings(names)
     errors = [f for f in findings if f.severity == "error"]
     for f in findings:
         if logger and (f.severity == "warning" or policy == "warn"):
@@ -507,6 +512,26 @@ def check_at_start(dataset_names, policy="refuse", logger=None):
             "write a corrected copy (then set DATASETS.TUMORSEG_ROOT OUT); or set DATASETS.CHECK "
             "warn to run anyway.")
     return findings
+
+
+def patient_findings(dataset_names):
+    """An error when a patient's slices lie in more than one of the named datasets (only datasets
+    whose records carry patient ids, DATASETS.SOURCE.PATIENT_PATTERN, can be checked)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from .patients import crossing_patients
+
+    splits = {n: DatasetCatalog.get(n) for n in dict.fromkeys(dataset_names)
+              if MetadataCatalog.get(n).get("source_format")}
+    crossing = crossing_patients(splits)
+    if not crossing:
+        return []
+    return [Finding(
+        "error", "patients_cross_splits", " + ".join(splits),
+        f"{len(crossing)} patients have slices in more than one of these datasets: the model is "
+        "then tested on patients it trained on, and the figures overstate how it fares on a new "
+        "patient. Use the splits of one DATASETS.SOURCE (split by patient), or one fold's three "
+        "splits.", [f"{p} in {', '.join(names)}" for p, names in crossing.items()])]
 
 
 def summary_table(findings, show):

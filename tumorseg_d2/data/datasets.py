@@ -129,9 +129,14 @@ def contiguous_id_map(class_agnostic):
 
 
 def dataset_files(name):
-    """(json_file, image_root) of a registered dataset: a TumorSeg split or a COCO dataset
-    registered with register_coco_instances."""
+    """(json_file, image_root) of a registered dataset: a TumorSeg split, a COCO dataset
+    registered with register_coco_instances or a COCO DATASETS.SOURCE (the whole json when the
+    split is computed); None for image/mask folders, which have no json."""
     meta = MetadataCatalog.get(name)
+    if meta.get("source_format") == "masks" or meta.get("source_json") == "":
+        return None
+    if meta.get("source_format") == "coco":
+        return meta.source_json, meta.source_images
     if meta.get("tumorseg_split"):
         return split_paths(meta.get("dataset_root") or default_root(), meta.tumorseg_split)
     if meta.get("json_file") and meta.get("image_root"):
@@ -181,6 +186,15 @@ def truth_instances(record, cls=None):
     h, w = record["height"], record["width"]
     anns = [a for a in record.get("annotations", []) if cls is None or a["category_id"] == cls]
     boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
-    masks = [polygons_to_bitmask(a["segmentation"], h, w) for a in anns]
+    masks = [annotation_mask(a["segmentation"], h, w) for a in anns]
     return (np.array(boxes, float).reshape(-1, 4), np.array([a["category_id"] for a in anns], int),
             masks)
+
+
+def annotation_mask(segmentation, height, width):
+    """An annotation's mask as a (H, W) bool array: polygons, or RLE (compressed or not)."""
+    if isinstance(segmentation, dict):
+        rle = segmentation if isinstance(segmentation["counts"], (str, bytes)) else \
+            mask_util.frPyObjects(segmentation, height, width)
+        return mask_util.decode(rle).astype(bool)
+    return polygons_to_bitmask(segmentation, height, width)

@@ -19,8 +19,8 @@ import operator
 
 import numpy as np
 import torch
-from detectron2.data import (DatasetFromList, DatasetMapper, build_detection_test_loader,
-                             get_detection_dataset_dicts)
+from detectron2.data import (DatasetFromList, DatasetMapper, MetadataCatalog,
+                             build_detection_test_loader, get_detection_dataset_dicts)
 from detectron2.data.common import AspectRatioGroupedDataset, ToIterableDataset
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -116,10 +116,24 @@ class _Batches(torch.utils.data.IterableDataset):
                 batch = []
 
 
+def training_dicts(cfg):
+    """The records of DATASETS.TRAIN. Tumor-free images are dropped per dataset: as its metadata's
+    ``filter_empty`` says (DATASETS.SOURCE.FILTER_EMPTY), else as
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS (Detectron2's switch, for TumorSeg and other datasets)."""
+    dicts = []
+    for name in cfg.DATASETS.TRAIN:
+        drop = MetadataCatalog.get(name).get("filter_empty", cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+        part = get_detection_dataset_dicts([name], filter_empty=drop)
+        empty = sum(not r.get("annotations") for r in part)
+        logger.info(f"Training on {name}: {len(part)} images, {empty} of them tumor-free "
+                    + ("(tumor-free images dropped)" if drop else "(kept as negatives)"))
+        dicts += part
+    return dicts
+
+
 def build_resumable_train_loader(cfg, seed):
     """The training loader; ``loader.stream`` holds its seed and start position."""
-    dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN,
-                                        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+    dicts = training_dicts(cfg)
     stream = DataStream(len(dicts), seed)
     dataset = SeededMapDataset(DatasetFromList(dicts, copy=False), DatasetMapper(cfg, True), stream,
                                cfg.DATALOADER.SKIP_BAD_IMAGES)

@@ -151,3 +151,52 @@ def make_phantom_volume(out_dir, slices=12, spacing=(3.0, 0.5, 0.5), seed=0):
     volume = write_slices_nifti(images, os.path.join(out_dir, "volume.nii.gz"), spacing)
     truth = write_slices_nifti(np.array(truths), os.path.join(out_dir, "truth.nii.gz"), spacing)
     return volume, truth, float(np.sum(truths) * np.prod(spacing) / 1000)
+
+
+def make_phantom_mask_folders(root, patients=6, slices=8, size=128, seed=0, ext=".png",
+                              mask_dir=""):
+    """Phantom patients as image/mask pairs in the LGG layout: ``root/PT_<k>_2000/PT_<k>_2000_<i>
+    <ext>`` beside ``..._<i>_mask<ext>`` (or, with ``mask_dir``, the masks at the same relative
+    path under ``root/<mask_dir>`` and the images under ``root/images``). Each patient is one
+    volume: a round tumor through the middle slices (the first and last slices are tumor-free),
+    a hole in the tumor of its middle slice and a 3x3-pixel second region on the slice after.
+    Returns the counts a loader must find."""
+    rng = np.random.default_rng(seed)
+    counts = {"pairs": 0, "regions": 0, "tumor_free": 0, "holes": 0, "small_regions": 0}
+    for k in range(patients):
+        patient = f"PT_{k}_2000"
+        cx, cy = rng.uniform(0.35, 0.65, 2) * size
+        radius = rng.uniform(0.12, 0.2) * size
+        for i in range(1, slices + 1):
+            dz = abs(i - (slices + 1) / 2) / (slices / 2)  # 0 in the middle, ~1 at the ends
+            image = np.full((size, size), 20, np.float32)
+            cv2.ellipse(image, (size // 2, size // 2), (int(size * .45), int(size * .48)), 0, 0,
+                        360, 90, -1)
+            mask = np.zeros((size, size), np.uint8)
+            r = radius * np.sqrt(max(0.0, 1 - dz ** 2)) if dz < 0.75 else 0
+            if r >= 2:
+                cv2.circle(mask, (int(cx), int(cy)), int(r), 255, -1)
+                counts["regions"] += 1
+                if i == (slices + 1) // 2 and r >= 6:  # a necrotic core outside the outline
+                    cv2.circle(mask, (int(cx), int(cy)), int(r) // 3, 0, -1)
+                    counts["holes"] += 1
+                if i == (slices + 1) // 2 + 1:
+                    x0 = int(cx + r + 6) % (size - 3)
+                    mask[4:7, x0:x0 + 3] = 255
+                    counts["regions"] += 1
+                    counts["small_regions"] += 1
+            else:
+                counts["tumor_free"] += 1
+            image = np.where(mask > 0, 200, image) + rng.normal(0, 8, image.shape)
+            image = np.clip(image, 0, 255).astype(np.uint8)
+            name = f"{patient}_{i}"
+            image_folder = os.path.join(root, "images", patient) if mask_dir else \
+                os.path.join(root, patient)
+            mask_path = os.path.join(root, mask_dir, patient, name + ext) if mask_dir else \
+                os.path.join(root, patient, name + "_mask" + ext)
+            os.makedirs(image_folder, exist_ok=True)
+            os.makedirs(os.path.dirname(mask_path), exist_ok=True)
+            cv2.imwrite(os.path.join(image_folder, name + ext), cv2.merge([image] * 3))
+            cv2.imwrite(mask_path, mask)
+            counts["pairs"] += 1
+    return counts

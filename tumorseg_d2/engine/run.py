@@ -12,7 +12,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..config import check_trainable, get_tumorseg_cfg, merge_config, validate_config
-from ..data import register_tumorseg
+from ..data import register_datasets
 from ..data.check import check_at_start
 from ..files import (lock_folder, refuse_output_in_training_run, training_run_of,
                      write_json)
@@ -46,7 +46,7 @@ def setup(config_file, opts=(), *, training=False, weights=None, check=None, out
     elif not training:
         cfg.OUTPUT_DIR = beside_training_run(cfg.OUTPUT_DIR)
     cfg.freeze()
-    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    register_datasets(cfg)
     check_num_classes(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
     # One training per folder: a second would mix checkpoints and report the other's model.

@@ -11,7 +11,8 @@ Definitions (also written into the report):
 - Lesion-level sensitivity = found / tumors, precision = found / detections, F1 their harmonic mean.
 - Slice level: a slice with a tumor is a true positive when all its tumors are found, else a false
   negative; a slice without a tumor is a false positive when it has a detection, else a true
-  negative. Specificity = TN / (TN + FP) needs slices without tumors.
+  negative. Specificity = TN / (TN + FP) needs slices without tumors. False positives per
+  tumor-free slice = detections on tumor-free slices / tumor-free slices.
 - Overlap: the predicted mask of a slice is the union of its detections' masks, the true mask the
   union of its tumors. Dice and IoU are given per slice (their mean over the slices that have a
   tumor, so empty slices do not inflate it) and pooled (every pixel of the split counted once).
@@ -75,6 +76,7 @@ def image_row(pred, record, threshold, cls=None, match_iou=MATCH_IOU):
         outcome = "false alarm" if detections else "true negative"
     return {
         "image_id": record["image_id"], "file_name": record["file_name"],
+        "patient_id": record.get("patient_id"), "slice_index": record.get("slice_index"),
         "tumors": tumors, "detections": detections, "found": found, "outcome": outcome,
         "false_alarms": detections - found,
         "dice": M.dice(pred_mask, true_mask), "iou": M.iou(pred_mask, true_mask),
@@ -99,6 +101,8 @@ def summarize(rows):
     hd = [r["hd95"] for r in rows if not np.isnan(r["hd95"])]
     hd_pooled = [r["hd95_pooled"] for r in rows if not np.isnan(r["hd95_pooled"])]
     positive = [r for r in rows if r["tumors"]]
+    tumor_free = slices["TN"] + slices["FP"]
+    alarms_free = sum(r["detections"] for r in rows if not r["tumors"])
     return {
         "images": len(rows), "tumors": tumors, "detections": detections, "found": found,
         "missed": tumors - found, "false_alarms": detections - found,
@@ -108,6 +112,10 @@ def summarize(rows):
         "slice_confusion": slices,
         "slice_sensitivity": M.pixel_recall(slices["TP"], slices["FN"]),
         "slice_specificity": M.specificity(slices["TN"], slices["FP"]),
+        "tumor_free_slices": tumor_free, "false_positive_slices": slices["FP"],
+        "false_alarms_on_tumor_free_slices": alarms_free,
+        "false_alarms_per_tumor_free_slice": alarms_free / tumor_free if tumor_free else
+        float("nan"),
         "dice_mean_per_image": _mean([r["dice"] for r in positive]),
         "iou_mean_per_image": _mean([r["iou"] for r in positive]),
         "dice_pooled": M.f1_score(tp_px, fp_px, fn_px),

@@ -27,7 +27,7 @@ from detectron2.data.detection_utils import read_image
 
 from ..checkpoint import SafeCheckpointer
 from ..config import get_tumorseg_cfg, merge_config
-from ..data import register_tumorseg
+from ..data import register_datasets
 from ..drawing import draw_prediction, draw_truth, resized_tile, save_rgb
 from ..engine.run import final_weights, use_cpu_without_gpu
 from ..engine.trainer import Trainer
@@ -44,35 +44,41 @@ COLUMNS = [
     ("IoU", "iou", False), ("pixel precision", "pixel_precision", False),
     ("pixel recall", "pixel_recall", False), ("pixel F1", "pixel_f1", False),
     ("per-image sensitivity", "slice_sensitivity", False),
+    ("slice specificity", "slice_specificity", False),
+    ("patient Dice", "patient_dice", False),
 ]
 
 
 # ---------------------------------------------------------------- training
 def train_runs(configs, output, opts=()):
-    """Train each config into ``output/<config name>`` with ``tumorseg train`` (a process each, its
-    output in the run's train_stdout.log); returns the run folders. A run with
-    training_summary.json is done; one with a checkpoint is resumed."""
-    runs = []
+    """Train each config into ``output/<config name>`` (:func:`train_run`); returns the run
+    folders."""
     for config in configs:
         if not os.path.isfile(config):
             raise FileNotFoundError(f"--train {config} does not exist; the baseline configs are in "
                                     "configs/baselines/.")
-        run = os.path.join(output, os.path.splitext(os.path.basename(config))[0])
-        runs.append(run)
-        if os.path.isfile(os.path.join(run, "training_summary.json")):
-            logger.info(f"{run}: trained already (training_summary.json); not retrained.")
-            continue
-        resume = os.path.isfile(os.path.join(run, "last_checkpoint"))
-        cmd = [sys.executable, "-m", "tumorseg_d2", "train", "--config-file", config,
-               *(["--resume"] if resume else []), "OUTPUT_DIR", run, *opts]
-        logger.info(("Resuming" if resume else "Training") + f" {config} into {run}")
-        os.makedirs(run, exist_ok=True)
-        with open(os.path.join(run, "train_stdout.log"), "a") as log:
-            if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
-                raise RuntimeError(f"Training {config} failed; its output is in "
-                                   f"{os.path.join(run, 'train_stdout.log')}. Rerun the same "
-                                   "command to resume it once fixed.")
-    return runs
+    return [train_run(config, os.path.join(output, os.path.splitext(os.path.basename(config))[0]),
+                      opts) for config in configs]
+
+
+def train_run(config, run, opts=()):
+    """Train ``config`` into ``run`` with ``tumorseg train`` (a process, its output in the run's
+    train_stdout.log); returns ``run``. A run with training_summary.json is done; one with a
+    checkpoint is resumed."""
+    if os.path.isfile(os.path.join(run, "training_summary.json")):
+        logger.info(f"{run}: trained already (training_summary.json); not retrained.")
+        return run
+    resume = os.path.isfile(os.path.join(run, "last_checkpoint"))
+    cmd = [sys.executable, "-m", "tumorseg_d2", "train", "--config-file", config,
+           *(["--resume"] if resume else []), "OUTPUT_DIR", run, *opts]
+    logger.info(("Resuming" if resume else "Training") + f" {config} into {run}")
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "train_stdout.log"), "a") as log:
+        if subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"Training {config} failed; its output is in "
+                               f"{os.path.join(run, 'train_stdout.log')}. Rerun the same "
+                               "command to resume it once fixed.")
+    return run
 
 
 # ---------------------------------------------------------------- one run
@@ -97,7 +103,7 @@ def model_name(cfg):
 def evaluate_run(run, split, output, threshold, opts=()):
     """Evaluate a run's chosen checkpoint on ``split``; returns (row, predictions, dataset name)."""
     cfg = run_config(run, opts)
-    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    register_datasets(cfg)
     name = dataset_for(cfg, split)
     weights = final_weights(run)
     if weights is None or not os.path.isfile(weights):
@@ -129,6 +135,12 @@ def evaluate_run(run, split, output, threshold, opts=()):
         "dice": figures["dice_mean_per_image"], "iou": figures["iou_mean_per_image"],
         "pixel_precision": figures["pixel_precision"], "pixel_recall": figures["pixel_recall"],
         "pixel_f1": figures["pixel_f1"], "slice_sensitivity": figures["slice_sensitivity"],
+        "segm_AP50": metrics["coco"].get("segm", {}).get("agnostic/AP50"),
+        "dice_pooled": figures["dice_pooled"], "lesion_sensitivity": figures["sensitivity"],
+        "slice_specificity": figures["slice_specificity"],
+        "false_alarms_per_tumor_free_slice": figures["false_alarms_per_tumor_free_slice"],
+        "patient_dice": metrics["patients"].get("volumetric_dice_mean"),
+        "patients": metrics["patients"].get("patients"), "images": metrics["images"],
         "evaluation": os.path.relpath(os.path.join(folder, "report.md"), output),
     }
     return row, preds, name
@@ -152,7 +164,9 @@ def write_table(rows, output, split, threshold):
         f"bbox AP / AP50: COCO, class-agnostic (any tumor), in %. At score >= {threshold}: Dice and "
         "IoU are means over the images with a tumor; pixel precision, recall and F1 pool every "
         "pixel of the split; per-image sensitivity is the share of slices with a tumor on which "
-        "every tumor was found (box IoU >= 0.5). Training: wall minutes (training_summary.json). "
+        "every tumor was found (box IoU >= 0.5); slice specificity the share of tumor-free slices "
+        "without detection (n/a: the split has none); patient Dice the mean volumetric Dice of "
+        "the patients with tumor (n/a: no patient ids). Training: wall minutes (training_summary.json). "
         "Inference: wall seconds of the evaluation pass (data loading included) per image, batch 1.",
         f"Machine: {machine}.", "",
         "Each run's full report (per-class figures, PR curves, HD95): "

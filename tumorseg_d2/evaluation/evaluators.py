@@ -11,9 +11,10 @@ from ..files import write_json
 from ..predictions import dataset_category_ids, from_instances
 from . import clinical
 from .coco import coco_metrics
+from .patients import patient_rows, summarize_patients
 from .report import format_per_class
 
-OVERLAP_FIGURES = ("Dice", "IoU", "sensitivity")
+OVERLAP_FIGURES = ("Dice", "IoU", "sensitivity", "Dice_pooled", "specificity", "patient_Dice")
 
 
 class TumorCOCOEvaluator(COCOEvaluator):
@@ -65,8 +66,10 @@ class TumorCOCOEvaluator(COCOEvaluator):
 
 
 class OverlapEvaluator(DatasetEvaluator):
-    """Dice and IoU (mean per image with a tumor) and lesion sensitivity at a score threshold, in %
-    (definitions: tumorseg_d2/evaluation/clinical.py), as ``results["overlap"]``. Trainer
+    """Dice and IoU (mean per image with a tumor), lesion sensitivity, pooled Dice, slice
+    specificity and the mean per-patient volumetric Dice (NaN without patient ids) at a score
+    threshold, in % (definitions: tumorseg_d2/evaluation/clinical.py and patients.py), as
+    ``results["overlap"]``. Trainer
     validation adds it to COCO AP, so that checkpoints and early stopping can follow
     ``overlap/Dice``."""
 
@@ -87,6 +90,8 @@ class OverlapEvaluator(DatasetEvaluator):
             return {}
         rows = clinical.rows_for(preds, DatasetCatalog.get(self._dataset_name), self._threshold)
         summary = clinical.summarize(rows)
+        patients = summarize_patients(patient_rows(rows))
         figures = (summary["dice_mean_per_image"], summary["iou_mean_per_image"],
-                   summary["sensitivity"])
+                   summary["sensitivity"], summary["dice_pooled"], summary["slice_specificity"],
+                   patients.get("volumetric_dice_mean", float("nan")))
         return {"overlap": {k: 100 * v for k, v in zip(OVERLAP_FIGURES, figures)}}

@@ -14,6 +14,7 @@ from ..files import write_json
 from ..predictions import dataset_category_ids, from_instances, to_coco_results
 from . import clinical
 from .coco import coco_metrics
+from .patients import patient_rows, summarize_patients
 from .plots import write_plots
 from .report import write_report
 
@@ -70,6 +71,8 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
         "coco": coco, "clinical": figures,
         "confusion_matrix": {"labels": ["background"] + classes, "rows_truth_cols_prediction":
                              confusion.tolist()},
+        "patients": summarize_patients(patient_rows(agnostic_rows)),
+        "per_patient": patient_rows(agnostic_rows),
         "per_image": agnostic_rows,
         "evaluation_seconds": None,
     }

@@ -76,7 +76,10 @@ def write_report(path, metrics, plots, worst=10):
     keys = [("tumors", "tumors"), ("found", "found"), ("missed", "missed"),
             ("false alarms", "false_alarms"), ("sensitivity", "sensitivity"),
             ("precision", "precision"), ("F1", "f1"), ("slice sensitivity", "slice_sensitivity"),
-            ("slice specificity", "slice_specificity"), ("Dice per image", "dice_mean_per_image"),
+            ("slice specificity", "slice_specificity"), ("tumor-free slices", "tumor_free_slices"),
+            ("false-positive slices", "false_positive_slices"),
+            ("false alarms per tumor-free slice", "false_alarms_per_tumor_free_slice"),
+            ("Dice per image", "dice_mean_per_image"),
             ("Dice pooled", "dice_pooled"), ("IoU per image", "iou_mean_per_image"),
             ("IoU pooled", "iou_pooled"), ("pixel precision", "pixel_precision"),
             ("pixel recall", "pixel_recall"), ("pixel F1", "pixel_f1"),
@@ -93,6 +96,7 @@ def write_report(path, metrics, plots, worst=10):
         lines += ["Slice specificity is n/a: every slice of this split has a tumor, so there is no "
                   "slice on which a false alarm could be counted against a true negative.", ""]
 
+    lines += patient_section(metrics)
     lines += ["## Plots", ""] + [f"**{caption}**\n\n![{caption}]({name})\n"
                                  for caption, name in plots.items()]
     ordered = sorted(metrics["per_image"], key=lambda r: (r["dice"], str(r["file_name"])))[:worst]
@@ -102,3 +106,28 @@ def write_report(path, metrics, plots, worst=10):
                        r["outcome"], fmt_value(r["dice"]), fmt_value(r["iou"])] for r in ordered]), ""]
     with open(path, "w") as f:
         f.write("\n".join(lines))
+
+
+def patient_section(metrics):
+    """Report lines of the per-patient figures (none when the records carry no patient id)."""
+    summary, rows = metrics.get("patients"), metrics.get("per_patient")
+    if not summary:
+        return []
+    lines = ["## Patients", "",
+             "Volumetric Dice: every pixel of a patient's slices counted once (the slices' masks "
+             "stacked into a volume); the mean, sd, median and minimum are over the patients with "
+             "a tumor. A patient with tumor is detected when at least one of its tumors is found.",
+             "", f"{summary['patients']} patients ({summary['patients_with_tumor']} with tumor): "
+             f"volumetric Dice {fmt_value(summary['volumetric_dice_mean'])} +/- "
+             f"{fmt_value(summary['volumetric_dice_sd'])} (median "
+             f"{fmt_value(summary['volumetric_dice_median'])}, min "
+             f"{fmt_value(summary['volumetric_dice_min'])}); patients detected "
+             f"{summary['patients_detected']}/{summary['patients_with_tumor']}; false-positive "
+             f"patients (no tumor, a detection) {summary['false_positive_patients']}.", ""]
+    lines += [markdown_table(
+        ["patient", "slices", "tumor slices", "tumors", "found", "detections",
+         "volumetric Dice", "slice Dice (tumor slices)", "true px", "predicted px"],
+        [[fmt_value(r[k]) for k in ("patient_id", "slices", "tumor_slices", "tumors", "found",
+                                     "detections", "volumetric_dice", "slice_dice_mean",
+                                     "true_volume_px", "predicted_volume_px")] for r in rows]), ""]
+    return lines

@@ -40,8 +40,8 @@ LOSSES = ("BCE", "DICE", "BCE+DICE")
 
 
 # ---------------------------------------------------------------- networks
-def _plain_encoder_decoder(widths):
-    layers, cin = [], 1
+def _plain_encoder_decoder(widths, cin=1):
+    layers = []
     for w in widths:
         layers += [nn.Conv2d(cin, w, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
         cin = w
@@ -69,9 +69,9 @@ class ResidualBlock(nn.Module):
         return F.relu(self.body(x) + self.shortcut(x))
 
 
-def _residual_encoder_decoder():
+def _residual_encoder_decoder(cin=1):
     return nn.Sequential(
-        ResidualBlock(1, 32), nn.MaxPool2d(2),
+        ResidualBlock(cin, 32), nn.MaxPool2d(2),
         ResidualBlock(32, 64), nn.MaxPool2d(2),
         ResidualBlock(64, 128), nn.MaxPool2d(2),
         nn.ConvTranspose2d(128, 64, 2, stride=2), ResidualBlock(64, 64),
@@ -88,9 +88,9 @@ def _unet_block(cin, cout, dropout):
 
 
 class UNetNetwork(nn.Module):
-    def __init__(self, widths=(16, 32, 64, 128, 256), bridge=512, dropout=0.1):
+    def __init__(self, widths=(16, 32, 64, 128, 256), bridge=512, dropout=0.1, cin=1):
         super().__init__()
-        chans = [1] + list(widths)
+        chans = [cin] + list(widths)
         self.down = nn.ModuleList(_unet_block(a, b, dropout) for a, b in zip(chans, chans[1:]))
         self.bridge = _unet_block(widths[-1], bridge, dropout)
         ups = [bridge] + list(reversed(widths))
@@ -176,6 +176,7 @@ class PixelSegmenter(nn.Module):
         self.input_size, self.loss = c.INPUT_SIZE, c.LOSS.upper()
         self.threshold, self.min_area = c.THRESHOLD, c.MIN_AREA
         self.max_instances = cfg.TEST.DETECTIONS_PER_IMAGE
+        self.in_channels = c.IN_CHANNELS
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property
@@ -183,13 +184,17 @@ class PixelSegmenter(nn.Module):
         return next(self.parameters()).device
 
     def preprocess(self, batched_inputs):
-        """(B, 1, S, S) float in [0, 1]: each image to gray (mean of its channels) and size S."""
+        """(B, C, S, S) float in [0, 1] at size S: C = 1, each image's mean over its channels
+        (gray), or C = 3, its channels as they are (e.g. LGG's three MRI sequences)."""
         images = []
         for x in batched_inputs:
             image = x["image"].to(self.device, torch.float32)
-            gray = image.mean(dim=0, keepdim=True)[None] / 255.0
-            images.append(F.interpolate(gray, size=(self.input_size,) * 2, mode="bilinear",
-                                        align_corners=False))
+            if self.in_channels == 1:
+                image = image.mean(dim=0, keepdim=True)
+            elif image.shape[0] == 1:
+                image = image.expand(3, -1, -1)
+            images.append(F.interpolate(image[None] / 255.0, size=(self.input_size,) * 2,
+                                        mode="bilinear", align_corners=False))
         return torch.cat(images)
 
     def targets(self, batched_inputs):
@@ -234,25 +239,35 @@ class PixelSegmenter(nn.Module):
         return results
 
 
+def in_channels(cfg):
+    """MODEL.PIXEL_SEG.IN_CHANNELS, checked: 1 (gray) or 3 (the image's channels)."""
+    c = cfg.MODEL.PIXEL_SEG.IN_CHANNELS
+    if c not in (1, 3):
+        raise ValueError(f"MODEL.PIXEL_SEG.IN_CHANNELS is {c}; use 1 (the mean of the image's "
+                         "channels) or 3 (the channels as they are).")
+    return c
+
+
 @META_ARCH_REGISTRY.register()
 class EncoderDecoder2(PixelSegmenter):
     def __init__(self, cfg):
-        super().__init__(cfg, _plain_encoder_decoder((32, 64)), stride=4)
+        super().__init__(cfg, _plain_encoder_decoder((32, 64), in_channels(cfg)), stride=4)
 
 
 @META_ARCH_REGISTRY.register()
 class EncoderDecoder3(PixelSegmenter):
     def __init__(self, cfg):
-        super().__init__(cfg, _plain_encoder_decoder((32, 64, 128)), stride=8)
+        super().__init__(cfg, _plain_encoder_decoder((32, 64, 128), in_channels(cfg)), stride=8)
 
 
 @META_ARCH_REGISTRY.register()
 class ResidualEncoderDecoder(PixelSegmenter):
     def __init__(self, cfg):
-        super().__init__(cfg, _residual_encoder_decoder(), stride=8)
+        super().__init__(cfg, _residual_encoder_decoder(in_channels(cfg)), stride=8)
 
 
 @META_ARCH_REGISTRY.register()
 class UNet(PixelSegmenter):
     def __init__(self, cfg):
-        super().__init__(cfg, UNetNetwork(dropout=cfg.MODEL.PIXEL_SEG.DROPOUT), stride=32)
+        super().__init__(cfg, UNetNetwork(dropout=cfg.MODEL.PIXEL_SEG.DROPOUT,
+                                          cin=in_channels(cfg)), stride=32)

@@ -89,7 +89,7 @@ def _comparable(cfg):
     """The config flattened, without what varies per trial or does not change results."""
     flat = flatten(cfg)
     for key in ("OUTPUT_DIR", "SOLVER.BASE_LR", "SOLVER.MAX_ITER", "MODEL.DEVICE",
-                "DATALOADER.NUM_WORKERS", "DATASETS.TUMORSEG_ROOT"):
+                "DATALOADER.NUM_WORKERS", "DATASETS.TUMORSEG_ROOT", "DATASETS.SOURCE.ROOT"):
         flat.pop(key, None)
     return json.loads(json.dumps(flat))  # as stored: tuples become lists, at any depth
 

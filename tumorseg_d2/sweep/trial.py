@@ -13,7 +13,7 @@ from fvcore.common.config import CfgNode
 
 from ..checkpoint import SafeCheckpointer
 from ..config import derived
-from ..data import register_tumorseg
+from ..data import register_datasets
 from ..engine.hooks import EarlyStopping, ValidationLoss, validation_loader, validation_losses
 from ..engine.trainer import Trainer
 from ..files import append_jsonl
@@ -175,7 +175,7 @@ def run_trial(cfg, lr, lengths, out_dir, progress=None):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
-    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT or None)
+    register_datasets(cfg)
     with trial_log(out_dir):
         seed_all_rng(cfg.SEED)  # as tools/train_net.py (default_setup) does
         trainer = SweepTrainer(cfg, lengths, rows, progress)
