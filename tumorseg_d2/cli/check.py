@@ -44,6 +44,8 @@ def parse_args(argv=None):
     args.targets, args.opts = split_overrides(args.targets)
     if not args.targets and not args.config_file:
         p.error("give split folders, dataset names or --config-file")
+    if args.fix and not args.targets:
+        p.error("--fix writes a corrected copy of COCO splits: give their folders or names")
     return args
 
 
@@ -76,8 +78,8 @@ def resolve_targets(targets):
             files = dataset_files(target)
             if files is None:
                 raise SystemExit(f"{target} is an image/mask-folder dataset: it has no COCO file "
-                                 "to check (its loader refuses unusable pairs; --patients checks "
-                                 "its patients across splits).")
+                                 "to check (its loader refuses unusable pairs). `tumorseg check "
+                                 "--config-file CONFIG` checks its patients across the splits.")
             add(target, files)
         else:
             raise SystemExit(f"{target} is neither a folder nor a registered dataset name (e.g. "

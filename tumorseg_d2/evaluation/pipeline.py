@@ -64,6 +64,7 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
     for k, name in enumerate(classes if len(classes) > 1 else []):
         figures[f"class {name}"] = clinical.summarize(clinical.rows_for(preds, records, threshold, k))
     confusion = clinical.class_confusion(preds, records, threshold, len(classes))
+    per_patient = patient_rows(agnostic_rows)
 
     metrics = {
         "dataset": dataset_name, "images": len(records), "score_threshold": threshold,
@@ -71,8 +72,7 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
         "coco": coco, "clinical": figures,
         "confusion_matrix": {"labels": ["background"] + classes, "rows_truth_cols_prediction":
                              confusion.tolist()},
-        "patients": summarize_patients(patient_rows(agnostic_rows)),
-        "per_patient": patient_rows(agnostic_rows),
+        "patients": summarize_patients(per_patient), "per_patient": per_patient,
         "per_image": agnostic_rows,
         "evaluation_seconds": None,
     }
