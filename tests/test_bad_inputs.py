@@ -134,6 +134,7 @@ def test_weights_for_another_architecture(phantom_root, tmp_path):
     (["SOLVER.MAX_ITER", "-5"], "SOLVER.MAX_ITER"),
     (["DATASETS.CHECK", "maybe"], "DATASETS.CHECK"),
     (["SOLVER.BASE_LRR", "0.1"], "Did you mean SOLVER.BASE_LR"),
+    (["TEST.BOOTSTRAP.LEVEL", "95.0"], "TEST.BOOTSTRAP.RESAMPLES is 1000 and LEVEL 95.0"),
 ])
 def test_bad_config_values_name_the_key(override, message, phantom_root, tmp_path):
     proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,

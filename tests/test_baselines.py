@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from detectron2.data import DatasetCatalog
+import yaml
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.modeling import build_model
 
 from conftest import CONFIGS, run_tool
@@ -180,8 +181,16 @@ def test_every_baseline_trains_and_is_compared(compared, phantom_root):
         assert r["weights"] == "model_best.pth"
         assert 0 <= float(r["dice"]) <= 1 and float(r["seconds_per_image"]) > 0
         assert (out / "evaluation" / r["run"] / "report.md").is_file()
-    assert "| EncoderDecoder2 256 px, BCE+DICE | encoder_decoder_2level_cpu | 27,169 |" in \
-        (out / "compare.md").read_text()
+    text = (out / "compare.md").read_text()
+    assert "| EncoderDecoder2 256 px, BCE+DICE | encoder_decoder_2level_cpu | 27,169 |" in text
+    # Intervals, the leak-free subset and every run's paired difference against the first.
+    assert "## 95% intervals" in text and "## Leak-free subset" in text
+    differences = text.split("## Paired differences")[1]
+    for r in rows[1:]:
+        assert f"| {r['run']} | {rows[0]['run']} |" in differences
+    for r in rows:
+        assert int(r["leak_free_images"]) <= int(r["images"])
+        assert r["dice_low"] != "" and float(r["dice_low"]) <= float(r["dice_high"])
     assert (out / "compare.png").stat().st_size > 10_000
     # A second call retrains nothing and gives the same figures.
     again = run_tool("compare.py", "--train", os.path.join(BASELINES, "unet_cpu.yaml"), "--output",
@@ -206,6 +215,70 @@ def test_tools_work_unchanged_on_a_pixel_model(compared, tmp_path):
     proc = run_tool("visualize.py", *args, "--output", str(tmp_path / "vis"), "--num", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "vis" / "contact_sheet.png").is_file()
+
+
+def test_compare_seeds_trains_each_config_per_seed_and_reports_the_spread(phantom_root, tmp_path):
+    configs = [os.path.join(BASELINES, f"{n}_cpu.yaml") for n in ("unet", "encoder_decoder_2level")]
+    proc = run_tool("compare.py", "--train", *configs, "--seeds", "2", "--output", str(tmp_path),
+                    "--images", "1", "DATASETS.TUMORSEG_ROOT", phantom_root, *SHORT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["unet_cpu_seed0", "unet_cpu_seed1",
+                                        "encoder_decoder_2level_cpu_seed0",
+                                        "encoder_decoder_2level_cpu_seed1"]
+    for r in rows:
+        trained = yaml.safe_load((tmp_path / r["run"] / "config.yaml").read_text())
+        assert trained["SEED"] == int(r["run"][-1])
+    weights = [torch.load(tmp_path / f"unet_cpu_seed{k}" / "model_final.pth",
+                          weights_only=True)["model"] for k in (0, 1)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    text = (tmp_path / "compare.md").read_text()
+    spread = text.split("## Across seeds")[1].split("##")[0]
+    assert "| unet_cpu | 2 |" in spread and "| encoder_decoder_2level_cpu | 2 |" in spread
+    differences = text.split("## Paired differences")[1]
+    for k in (0, 1):
+        assert f"| encoder_decoder_2level_cpu_seed{k} | unet_cpu_seed{k} |" in differences
+
+
+def test_compare_tta_gives_each_runs_gain_with_its_interval(compared, tmp_path):
+    out, _ = compared
+    proc = run_tool("compare.py", str(out / "unet_cpu"), str(out / "encoder_decoder_2level_cpu"),
+                    "--tta", "--output", str(tmp_path), "--images", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["unet_cpu", "unet_cpu+TTA", "encoder_decoder_2level_cpu",
+                                        "encoder_decoder_2level_cpu+TTA"]
+    assert rows[1]["model"].endswith("+ TTA") and not rows[0]["model"].endswith("+ TTA")
+    differences = (tmp_path / "compare.md").read_text().split("## Paired differences")[1]
+    assert "| unet_cpu+TTA | unet_cpu |" in differences
+    assert "| encoder_decoder_2level_cpu+TTA | encoder_decoder_2level_cpu |" in differences
+    metrics = json.loads((tmp_path / "evaluation" / "unet_cpu+TTA" / "metrics.json").read_text())
+    assert metrics["test_time_augmentation"] == "horizontal flip, probabilities averaged"
+
+
+def test_compare_scores_another_tools_results_beside_a_run(compared, tmp_path):
+    from tumorseg_d2.evaluation.ground_truth import truth_record
+    from tumorseg_d2.predictions import dataset_category_ids, to_coco_results
+
+    out, _ = compared
+    cfg = get_tumorseg_cfg()
+    cfg.merge_from_file(str(out / "unet_cpu" / "config.yaml"))
+    register_tumorseg(cfg.DATASETS.TUMORSEG_ROOT)
+    name = "tumorseg_agnostic_test"
+    truth = to_coco_results([truth_record(r) for r in DatasetCatalog.get(name)],
+                            dataset_category_ids(MetadataCatalog.get(name)))
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    proc = run_tool("compare.py", str(out / "unet_cpu"), "--results",
+                    f"oracle={tmp_path / 'truth.json'}", "--output", str(tmp_path / "cmp"),
+                    "--images", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "cmp" / "compare.csv") as f:
+        unet, oracle = list(csv.DictReader(f))
+    assert oracle["run"] == "oracle" and float(oracle["bbox_AP50"]) == pytest.approx(100)
+    assert float(oracle["dice"]) == pytest.approx(1) and oracle["parameters"] == ""
+    assert "| oracle | unet_cpu |" in (tmp_path / "cmp" / "compare.md").read_text()
 
 
 def test_batch_predictor_gives_the_probability_map_and_its_components(compared):

@@ -174,16 +174,19 @@ def test_tumor_free_slices_train_unless_filtered(phantom_patients):
 
 
 # ---------------------------------------------------------------- figures with known answers
-def oracle_and_empty(name, out):
+def oracle_and_empty(name, out, *honest, predictions=False):
+    """The metrics of the truth and of no prediction on ``name`` (written under ``out``);
+    ``honest``: evaluate_predictions' references and bootstrap settings. With ``predictions``
+    also both predictions."""
     records = DatasetCatalog.get(name)
     truth = [from_instances(to_instances(truth_record(r)), r["image_id"]) for r in records]
-    perfect = evaluate_predictions(truth, name, str(out / "truth"), 0.5, "fixed")
+    perfect = evaluate_predictions(truth, name, str(out / "truth"), 0.5, "fixed", *honest)
     none = [from_instances(to_instances({**truth_record(r), "boxes": np.zeros((0, 4)),
                                          "scores": np.zeros(0), "classes": np.zeros(0, int),
                                          "masks": np.zeros((0, r["height"], r["width"]), bool)}),
                            r["image_id"]) for r in records]
-    empty = evaluate_predictions(none, name, str(out / "none"), 0.5, "fixed")
-    return perfect, empty
+    empty = evaluate_predictions(none, name, str(out / "none"), 0.5, "fixed", *honest)
+    return (perfect, empty, truth, none) if predictions else (perfect, empty)
 
 
 def assert_known_answers(perfect, empty):

@@ -25,7 +25,7 @@ def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
     out = str(tmp_path / "run")
     common = ["--config-file", SCRATCH_CFG, *TINY, "DATASETS.TUMORSEG_ROOT", real_root,
               "OUTPUT_DIR", out, "SOLVER.CHECKPOINT_PERIOD", "2", "TEST.EVAL_PERIOD", "0",
-              "TEST.VAL_LOSS", "False"]
+              "TEST.VAL_LOSS", "False", "TEST.DETECTIONS_PER_IMAGE", "10"]  # quick to score
     first = run_tool("train_net.py", *common, "SOLVER.MAX_ITER", "4")
     assert first.returncode == 0, first.stderr[-3000:]
     test_metrics = json.load(open(os.path.join(out, "inference", "tumorseg_test", "metrics.json")))
@@ -45,7 +45,8 @@ def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
 
     evaluated = run_tool("train_net.py", "--config-file", SCRATCH_CFG, "--eval-only", *TINY,
                          "DATASETS.TUMORSEG_ROOT", real_root, "OUTPUT_DIR", str(tmp_path / "eval"),
-                         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"))
+                         "MODEL.WEIGHTS", os.path.join(out, "model_final.pth"),
+                         "TEST.DETECTIONS_PER_IMAGE", "10")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "COCO results on tumorseg_test" in evaluated.stdout + evaluated.stderr
     assert os.path.isfile(tmp_path / "eval" / "inference" / "tumorseg_test" / "metrics.json")

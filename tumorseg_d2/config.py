@@ -62,6 +62,12 @@ def add_tumorseg_config(cfg):
     cfg.TEST.BEST_MODE = "max"
     # Stop when BEST_METRIC has not improved for this many evaluations (0: never).
     cfg.TEST.EARLY_STOP_PATIENCE = 0
+    # Confidence intervals of the final report (tumorseg_d2/evaluation/bootstrap.py): resamples of
+    # patients (or pseudo-patients) drawn with a fixed seed; 0 resamples: no intervals.
+    cfg.TEST.BOOTSTRAP = CN()
+    cfg.TEST.BOOTSTRAP.RESAMPLES = 1000
+    cfg.TEST.BOOTSTRAP.SEED = 0
+    cfg.TEST.BOOTSTRAP.LEVEL = 0.95
     # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
     cfg.MODEL.PIXEL_SEG = CN()
     cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S
@@ -97,6 +103,10 @@ def validate_config(cfg):
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.BEST_METRIC (e.g. 'segm/AP50').")
     if cfg.TEST.EARLY_STOP_PATIENCE and cfg.TEST.EVAL_PERIOD <= 0:
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.EVAL_PERIOD > 0.")
+    if cfg.TEST.BOOTSTRAP.RESAMPLES < 0 or not 0 < cfg.TEST.BOOTSTRAP.LEVEL < 1:
+        raise ValueError(f"TEST.BOOTSTRAP.RESAMPLES is {cfg.TEST.BOOTSTRAP.RESAMPLES} and LEVEL "
+                         f"{cfg.TEST.BOOTSTRAP.LEVEL}; use RESAMPLES >= 0 (0: no intervals) and "
+                         "0 < LEVEL < 1 (e.g. 0.95).")
 
 
 def check_trainable(cfg):

@@ -14,7 +14,8 @@ A prediction record is one image's detections, a dict:
 
 Everything that predicts (:class:`~tumorseg_d2.predictor.BatchPredictor`, the evaluation pipeline,
 the evaluators) makes records with :func:`from_instances`; everything that keeps, scores or draws
-them reads them with :func:`above`, :func:`mask_arrays` and :func:`to_coco_results`.
+them reads them with :func:`above`, :func:`mask_arrays` and :func:`to_coco_results`. Another
+tool's COCO results become records with :func:`from_coco_results`.
 """
 import numpy as np
 import torch
@@ -99,6 +100,90 @@ def to_coco_results(preds, category_ids):
                                           counts.decode() if isinstance(counts, bytes) else counts}
             results.append(result)
     return results
+
+
+class ResultsError(ValueError):
+    """A COCO results file that cannot be scored against the split; the message names the entry."""
+
+
+def from_coco_results(results, records, category_ids, source="results"):
+    """Prediction records (RLE masks) of standard COCO results, e.g. another tool's, for a split:
+    one per dataset record, in record order (an image without results has no detection).
+
+    ``records``: the split's dataset records; ``category_ids``: {contiguous class id: dataset
+    category id} (:func:`dataset_category_ids`). Each result needs ``image_id`` (of the split),
+    ``category_id`` (of the dataset), ``bbox`` (XYWH pixels), ``score`` and ``segmentation`` (RLE
+    or polygons at the image's size); the first that does not is named in a ResultsError."""
+    if not isinstance(results, list):
+        raise ResultsError(f"{source} is not a COCO results list (a json list of detections with "
+                           "image_id, category_id, bbox, score and segmentation).")
+    contiguous = {int(v): k for k, v in category_ids.items()}
+    by_id = {r["image_id"]: r for r in records}
+    per_image = {image_id: [] for image_id in by_id}
+    for k, result in enumerate(results):
+        problem = _result_problem(result, by_id, contiguous)
+        if problem:
+            raise ResultsError(f"{source}, detection {k}: {problem}")
+        per_image[result["image_id"]].append(result)
+    preds = []
+    for record in records:
+        h, w = record["height"], record["width"]
+        found = per_image[record["image_id"]]
+        boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in
+                          (r["bbox"] for r in found)], float).reshape(-1, 4)
+        preds.append({"image_id": record["image_id"], "height": h, "width": w, "boxes": boxes,
+                      "scores": np.array([float(r["score"]) for r in found]),
+                      "classes": np.array([contiguous[r["category_id"]] for r in found], int),
+                      "masks": [_rle(r["segmentation"], h, w) for r in found]})
+    return preds
+
+
+def _result_problem(result, images, contiguous):
+    if not isinstance(result, dict):
+        return f"not an object ({type(result).__name__})"
+    missing = [k for k in ("image_id", "category_id", "bbox", "score", "segmentation")
+               if k not in result]
+    if missing:
+        return (f"no {', '.join(missing)}" + (": masks are needed for mask AP and Dice; convert the "
+                "tool's masks (e.g. YOLO's polygons) into COCO segmentation" if "segmentation"
+                in missing else ""))
+    if result["image_id"] not in images:
+        return (f"image_id {result['image_id']!r} is not an image of the split: the results must "
+                "use the split's COCO image ids (those of its json), and be for that split")
+    if result["category_id"] not in contiguous:
+        return (f"category_id {result['category_id']!r} is not one of the dataset's category ids "
+                f"{sorted(contiguous)}")
+    box = result["bbox"]
+    if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)
+            and box[2] >= 0 and box[3] >= 0):
+        return f"bbox {box!r} is not [x, y, width, height] with width and height >= 0"
+    if not _is_number(result["score"]):
+        return f"score {result['score']!r} is not a number"
+    image = images[result["image_id"]]
+    seg = result["segmentation"]
+    if isinstance(seg, dict):
+        if list(seg.get("size", [])) != [image["height"], image["width"]] or "counts" not in seg:
+            return (f"segmentation RLE of size {seg.get('size')} is not at the image's size "
+                    f"[{image['height']}, {image['width']}] (or has no counts)")
+    elif not (isinstance(seg, list) and seg and all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p))
+            for p in seg)):
+        return "segmentation is neither an RLE nor a list of polygons [x1, y1, x2, y2, ...]"
+    return None
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _rle(segmentation, h, w):
+    """One compressed RLE (bytes counts, as :func:`from_instances` makes) of a COCO segmentation."""
+    if isinstance(segmentation, list):  # polygons: their union
+        return mask_util.merge(mask_util.frPyObjects(segmentation, h, w))
+    if isinstance(segmentation["counts"], list):  # uncompressed RLE
+        return mask_util.frPyObjects(segmentation, h, w)
+    counts = segmentation["counts"]
+    return {"size": [h, w], "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def mask_and_scores(pred, threshold):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from detectron2.data import transforms as T
 from PIL import Image, ImageOps, UnidentifiedImageError
-from detectron2.modeling import build_model
+from detectron2.modeling import GeneralizedRCNNWithTTA, build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.layers.mask_ops import paste_masks_in_image
 from torch.utils.data import DataLoader, Dataset
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import SafeCheckpointer, resolve_weights
 from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
+from .modeling.tta import augmented_model
 from .predictions import from_instances, mask_and_scores
 
 
@@ -176,6 +177,7 @@ class BatchPredictor:
         elif backbone_runtime != "torch":
             raise ValueError(f"backbone_runtime is {backbone_runtime!r}; use 'torch' or "
                              "'onnxruntime'.")
+        self.model = augmented_model(self.cfg, self.model)  # TEST.AUG, when enabled
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size, self.num_workers = batch_size, num_workers
 
@@ -208,14 +210,20 @@ class BatchPredictor:
         # Pixel-segmentation models give instances and the probability map at the input's size;
         # Mask R-CNN's raw output keeps the soft masks that make its probability map.
         pixel_model = getattr(self.model, "returns_probability_map", False)
-        with torch.autocast(self.model.device.type, dtype=PRECISIONS[self.precision],
-                            enabled=self.precision != "fp32"):
-            raw = list((self.model(good) if pixel_model else
+        augmented = isinstance(self.model, GeneralizedRCNNWithTTA)
+        if augmented and probability:
+            raise ValueError("Mask R-CNN's test-time augmentation (TEST.AUG.ENABLED) merges "
+                             "binary masks, so it gives no probability map; set "
+                             "TEST.AUG.ENABLED False for one.")
+        with torch.autocast(torch.device(self.cfg.MODEL.DEVICE).type,
+                            dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+            raw = list((self.model(good) if pixel_model or augmented else
                         self.model.inference(good, do_postprocess=False)) if good else [])
         if self.precision != "fp32":
             raw = [_float32(r) for r in raw]
         raw = iter(raw)
-        result = self._pixel_result if pixel_model else self._result
+        result = self._pixel_result if pixel_model else self._augmented_result if augmented \
+            else self._result
         return [{"error": x["error"]} if "error" in x else
                 result(next(raw), x, masks, probability) for x in batch]
 
@@ -228,6 +236,10 @@ class BatchPredictor:
         for batch in self.batches(images):
             out += self.predict_batch(batch, masks, probability)
         return out
+
+    def _augmented_result(self, raw, x, masks, probability):
+        """GeneralizedRCNNWithTTA's output: instances already at the input's size."""
+        return from_instances(raw["instances"].to("cpu"), masks=masks)
 
     def _result(self, raw, x, masks, probability):
         h, w = x["height"], x["width"]

@@ -4,6 +4,11 @@ r"""Evaluate a checkpoint on a split (COCO AP, Dice/IoU, detection figures, plot
       --weights output/run1/model_best.pth --split test --threshold-from valid
   tumorseg evaluate --config-file ... --weights ... --volume brain.nii.gz --truth brain_mask.nii.gz \
       --output output/volume_eval
+  tumorseg evaluate --config-file configs/lgg/unet_lgg_cpu.yaml --results other_tool.json \
+      --split test --output output/other_tool_eval
+
+--results scores another tool's COCO results json for the split (its image and category ids)
+with exactly the same figures, intervals and report.
 """
 import logging
 import os
@@ -14,7 +19,9 @@ from ..data.volumes import (AXES, DEFAULT_PERCENTILES, read_truth_mask, read_vol
                             write_mask_nifti)
 from ..engine.run import setup
 from ..engine.trainer import Trainer
-from ..evaluation.pipeline import dataset_for, evaluate_split
+from ..evaluation.pipeline import dataset_for, evaluate_results, evaluate_split
+from ..evaluation.bootstrap import point_value
+from ..evaluation.report import interval_text
 from ..evaluation.volumes import volume_figures
 from ..files import write_json
 from ..predictor import BatchPredictor, predict_volume
@@ -26,7 +33,10 @@ logger = logging.getLogger("tumorseg_d2")
 def parse_args(argv=None):
     p = command_parser("evaluate", __doc__)
     p.add_argument("--config-file", required=True)
-    p.add_argument("--weights", required=True, help="checkpoint (.pth/.pkl) or detectron2:// URL")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="checkpoint (.pth/.pkl) or detectron2:// URL")
+    source.add_argument("--results", metavar="JSON", help="COCO results of the split made by "
+                        "any tool, scored instead of a checkpoint's predictions")
     p.add_argument("--split", default="test", help="train, valid, test or a registered name")
     p.add_argument("--output", help="default: <OUTPUT_DIR>/evaluation/<dataset>, or "
                    "<OUTPUT_DIR>-eval/evaluation/<dataset> when OUTPUT_DIR is a training run")
@@ -49,6 +59,9 @@ def parse_args(argv=None):
         p.error("--volume and --truth go together: the volume and its ground-truth mask.")
     if args.volume and args.threshold_from:
         p.error("--threshold-from chooses on a split; with --volume give --score-threshold.")
+    if args.results and (args.volume or args.threshold_from):
+        p.error("--results scores a split at --score-threshold; --volume and --threshold-from "
+                "need a checkpoint (--weights).")
     return args
 
 
@@ -86,12 +99,31 @@ def main(argv=None):
     check_at_start([name] + ([threshold_from] if threshold_from else []), cfg.DATASETS.CHECK,
                    logger)  # the splits this command reads, not the config's DATASETS.TEST
     output = args.output or os.path.join(cfg.OUTPUT_DIR, "evaluation", name)
+    if args.results:
+        metrics, _ = evaluate_results(cfg, args.results, name, output, args.score_threshold)
+        return print_summary(name, metrics, output)
     model = Trainer.build_model(cfg)
     SafeCheckpointer(model, same_classes=True).load(resolve_weights(args.weights))
     metrics = evaluate_split(cfg, model, name, output, args.score_threshold, threshold_from)
+    return print_summary(name, metrics, output)
+
+
+def print_summary(name, metrics, output):
     summary = metrics["clinical"]["all classes"]
     print(f"{name}: bbox AP50 {metrics['coco']['bbox']['AP50']:.2f}, segm AP50 "
           f"{metrics['coco']['segm']['AP50']:.2f}, Dice {summary['dice_mean_per_image']:.3f} "
           f"(per image), sensitivity {summary['sensitivity']:.3f} at threshold "
           f"{metrics['score_threshold']}; report: {os.path.join(output, 'report.md')}")
+    boot = metrics["bootstrap"]
+    if boot.get("figures"):
+        print(f"{boot['level']:.0%} intervals ({boot['units']} {boot['unit']}s resampled): " +
+              ", ".join(f"{f} {interval_text(f, boot['figures'][f])}" for f in
+                        ("bbox AP50", "segm AP50", "Dice", "lesion sensitivity",
+                         "slice specificity", "patient Dice")))
+    free = metrics["leak_free"]
+    if free and free["leaking_images"]:
+        figures = (free["bootstrap"] or {}).get("figures") or {}
+        print(f"Leak-free subset ({free['images']} of {metrics['images']} slices): " + ", ".join(
+            f"{f} {interval_text(f, figures.get(f) or {'value': point_value(free, f)})}"
+            for f in ("bbox AP50", "segm AP50", "Dice")))
     return metrics

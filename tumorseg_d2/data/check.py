@@ -407,6 +407,21 @@ def check_files(coco, image_dir, split, workers=2):
             for c, items in found.items() if items], decoded
 
 
+def similar_pairs(hashes, min_similarity=NEAR_DUPLICATE_SIMILARITY, block=2048):
+    """(i, j, similarity) for i < j of the difference hashes (bit arrays) whose similarity,
+    1 - Hamming distance / bits, is at least ``min_similarity``; in blocks of rows, so that a
+    large dataset never holds its whole similarity matrix."""
+    bits = np.array(hashes, np.float32).reshape(len(hashes), -1) * 2 - 1  # dot = n - 2 hamming
+    pairs = []
+    for start in range(0, len(bits), block):
+        similarity = 0.5 + 0.5 * (bits[start:start + block] @ bits.T) / bits.shape[1]
+        rows, cols = np.nonzero(similarity >= min_similarity)
+        keep = cols > rows + start
+        pairs += [(int(i) + start, int(j), float(similarity[i, j]))
+                  for i, j in zip(rows[keep], cols[keep])]
+    return pairs
+
+
 def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
     """Exact and near duplicates over {split: {file: fingerprint}}, within and across splits.
 
@@ -428,19 +443,17 @@ def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
                 code = "exact_duplicate" if s1 == s2 else "exact_duplicate_across_splits"
                 found[(code, s1 if s1 == s2 else f"{s1}/{s2}")].append(f"{s1}/{f1} = {s2}/{f2}")
                 exact.add((group[i], group[j]))
-    bits = np.array([d for _, d, _ in fp], np.float32) * 2 - 1  # +-1: dot = 256 - 2 * hamming
     thumbs = np.array([t for _, _, t in fp], np.float32)
     thumbs = (thumbs - thumbs.mean(1, keepdims=True)) / (thumbs.std(1, keepdims=True) + 1e-6)
-    similarity = 0.5 + 0.5 * (bits @ bits.T) / bits.shape[1]
-    rows, cols = np.nonzero(np.triu(similarity >= min_similarity, k=1))
-    for i, j in sorted(zip(rows, cols), key=lambda ij: -similarity[ij]):
+    pairs = similar_pairs([d for _, d, _ in fp], min_similarity)
+    for i, j, similarity in sorted(pairs, key=lambda p: -p[2]):
         (s1, f1), (s2, f2) = keys[i], keys[j]
         if (keys[i], keys[j]) in exact:
             continue
         corr = float(thumbs[i] @ thumbs[j]) / thumbs.shape[1]
         code = "near_duplicate" if s1 == s2 else "near_duplicate_across_splits"
         found[(code, s1 if s1 == s2 else f"{s1}/{s2}")].append(
-            f"{s1}/{f1} ~ {s2}/{f2}: similarity {similarity[i, j]:.3f}, pixel correlation {corr:.3f}")
+            f"{s1}/{f1} ~ {s2}/{f2}: similarity {similarity:.3f}, pixel correlation {corr:.3f}")
     return [Finding(severity_of(code), code, split, MESSAGES[code], items)
             for (code, split), items in sorted(found.items())]
 

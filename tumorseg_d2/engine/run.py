@@ -16,6 +16,7 @@ from ..data import register_datasets
 from ..data.check import check_at_start
 from ..files import (lock_folder, refuse_output_in_training_run, training_run_of,
                      write_json)
+from ..modeling.tta import augmented_model
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
@@ -145,7 +146,7 @@ def train_and_test(cfg, eval_only=False, resume=False):
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).resume_or_load(
             resolve_weights(cfg.MODEL.WEIGHTS), resume=resume
         )
-        return Trainer.test(cfg, model)
+        return Trainer.test(cfg, augmented_model(cfg, model))
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
@@ -160,4 +161,4 @@ def train_and_test(cfg, eval_only=False, resume=False):
     logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
     model = trainer.model
     SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).load(weights)
-    return Trainer.test(cfg, model)
+    return Trainer.test(cfg, augmented_model(cfg, model))

@@ -6,12 +6,13 @@
 - :mod:`.evaluators`: the trainer's Detectron2 evaluators;
 - :mod:`.pipeline`: predict a split and score it (metrics.json, report.md, plots);
 - :mod:`.report`, :mod:`.plots`, :mod:`.curves`, :mod:`.panels`: what people read and look at;
-- :mod:`.compare`: several trained runs side by side;
+- :mod:`.bootstrap`: confidence intervals and paired differences (patients resampled);
+- :mod:`.compare`: several trained runs (and other tools' results) side by side;
 - :mod:`.ground_truth`: a model predicting the truth, the known answer for tests.
 """
 from .evaluators import OVERLAP_FIGURES, OverlapEvaluator, TumorCOCOEvaluator
 from .ground_truth import GroundTruthModel
-from .pipeline import dataset_for, evaluate_predictions, evaluate_split, predict
+from .pipeline import dataset_for, evaluate_predictions, evaluate_results, evaluate_split, predict
 
 __all__ = ["GroundTruthModel", "OVERLAP_FIGURES", "OverlapEvaluator", "TumorCOCOEvaluator",
-           "dataset_for", "evaluate_predictions", "evaluate_split", "predict"]
+           "dataset_for", "evaluate_predictions", "evaluate_results", "evaluate_split", "predict"]

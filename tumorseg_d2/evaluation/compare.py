@@ -31,9 +31,14 @@ from ..data import register_datasets
 from ..drawing import draw_prediction, draw_truth, resized_tile, save_rgb
 from ..engine.run import final_weights, use_cpu_without_gpu
 from ..engine.trainer import Trainer
+from ..modeling.tta import augmentation_text
+from ..predictions import dataset_category_ids, to_coco_results
 from ..tables import fmt_value, markdown_table, write_csv
 from . import clinical
-from .pipeline import dataset_for, evaluate_predictions, predict
+from .bootstrap import Settings, SplitFigures, paired_difference, point_value
+from .pipeline import (dataset_for, evaluate_predictions, evaluate_results, predict,
+                       reference_datasets)
+from .report import interval_text
 
 logger = logging.getLogger("tumorseg_d2")
 # (column, key in the row, percent?) of compare.md, in order.
@@ -47,18 +52,31 @@ COLUMNS = [
     ("slice specificity", "slice_specificity", False),
     ("patient Dice", "patient_dice", False),
 ]
+# (bootstrap figure, key in the row): the figures whose intervals and leak-free values compare
+# reports, and whose paired differences it gives.
+INTERVAL_FIGURES = [("bbox AP50", "bbox_AP50"), ("segm AP50", "segm_AP50"), ("Dice", "dice"),
+                    ("lesion sensitivity", "lesion_sensitivity"),
+                    ("slice specificity", "slice_specificity"), ("patient Dice", "patient_dice")]
 
 
 # ---------------------------------------------------------------- training
-def train_runs(configs, output, opts=()):
-    """Train each config into ``output/<config name>`` (:func:`train_run`); returns the run
-    folders."""
+def train_runs(configs, output, opts=(), seeds=None):
+    """Train each config into ``output/<config name>`` (:func:`train_run`), or with ``seeds``
+    once per seed into ``output/<config name>_seed<seed>`` (SEED set); returns the run folders,
+    config by config."""
     for config in configs:
         if not os.path.isfile(config):
             raise FileNotFoundError(f"--train {config} does not exist; the baseline configs are in "
                                     "configs/baselines/.")
-    return [train_run(config, os.path.join(output, os.path.splitext(os.path.basename(config))[0]),
-                      opts) for config in configs]
+    runs = []
+    for config in configs:
+        name = os.path.join(output, os.path.splitext(os.path.basename(config))[0])
+        if seeds is None:
+            runs.append(train_run(config, name, opts))
+        else:
+            runs += [train_run(config, f"{name}_seed{seed}", list(opts) + ["SEED", str(seed)])
+                     for seed in seeds]
+    return runs
 
 
 def train_run(config, run, opts=()):
@@ -95,13 +113,15 @@ def run_config(run, opts=()):
 
 def model_name(cfg):
     arch = cfg.MODEL.META_ARCHITECTURE
+    tta = " + TTA" if cfg.TEST.AUG.ENABLED else ""
     if arch == "GeneralizedRCNN":
-        return f"Mask R-CNN R{cfg.MODEL.RESNETS.DEPTH}-FPN {cfg.INPUT.MIN_SIZE_TEST} px"
-    return f"{arch} {cfg.MODEL.PIXEL_SEG.INPUT_SIZE} px, {cfg.MODEL.PIXEL_SEG.LOSS}"
+        return f"Mask R-CNN R{cfg.MODEL.RESNETS.DEPTH}-FPN {cfg.INPUT.MIN_SIZE_TEST} px{tta}"
+    return f"{arch} {cfg.MODEL.PIXEL_SEG.INPUT_SIZE} px, {cfg.MODEL.PIXEL_SEG.LOSS}{tta}"
 
 
-def evaluate_run(run, split, output, threshold, opts=()):
-    """Evaluate a run's chosen checkpoint on ``split``; returns (row, predictions, dataset name)."""
+def evaluate_run(run, split, output, threshold, opts=(), label=None):
+    """Evaluate a run's chosen checkpoint on ``split`` into ``output/evaluation/<label>``
+    (default: the run folder's name); returns (row, predictions, dataset name, metrics)."""
     cfg = run_config(run, opts)
     register_datasets(cfg)
     name = dataset_for(cfg, split)
@@ -114,21 +134,44 @@ def evaluate_run(run, split, output, threshold, opts=()):
     start = time.perf_counter()
     preds = predict(cfg, model, name)
     seconds = time.perf_counter() - start
-    folder = os.path.join(output, "evaluation", os.path.basename(os.path.normpath(run)))
-    metrics = evaluate_predictions(preds, name, folder, threshold, "fixed")
+    label = label or os.path.basename(os.path.normpath(run))
+    folder = os.path.join(output, "evaluation", label)
+    metrics = evaluate_predictions(preds, name, folder, threshold, "fixed",
+                                   reference_datasets(cfg), Settings.of(cfg),
+                                   augmentation_text(cfg, model))
     summary_path = os.path.join(run, "training_summary.json")
     trained = {}
     if os.path.isfile(summary_path):
         with open(summary_path) as f:
             trained = json.load(f)
+    row = metrics_row(metrics, folder, output, model=model_name(cfg), run=label,
+                      weights=os.path.basename(weights),
+                      parameters=sum(p.numel() for p in model.parameters()),
+                      training_minutes=trained["seconds"] / 60 if "seconds" in trained else None,
+                      iterations=trained.get("iterations"),
+                      seconds_per_image=seconds / max(len(preds), 1))
+    return row, preds, name, metrics
+
+
+def evaluate_results_file(label, results_file, run, split, output, threshold, opts=()):
+    """Score another tool's COCO results json for ``split`` as named by ``run``'s config, into
+    ``output/evaluation/<label>``; returns what :func:`evaluate_run` returns."""
+    cfg = run_config(run, opts)
+    register_datasets(cfg)
+    name = dataset_for(cfg, split)
+    folder = os.path.join(output, "evaluation", label)
+    metrics, preds = evaluate_results(cfg, results_file, name, folder, threshold)
+    row = metrics_row(metrics, folder, output, model=f"{label} (results file)", run=label,
+                      weights=os.path.basename(results_file), parameters=None,
+                      training_minutes=None, iterations=None, seconds_per_image=None)
+    return row, preds, name, metrics
+
+
+def metrics_row(metrics, folder, output, **fields):
+    """compare's row: ``fields`` (model, run, weights, size and timing) and the figures."""
     figures = metrics["clinical"]["all classes"]
-    row = {
-        "model": model_name(cfg), "run": os.path.basename(os.path.normpath(run)),
-        "weights": os.path.basename(weights),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "training_minutes": trained["seconds"] / 60 if "seconds" in trained else None,
-        "iterations": trained.get("iterations"),
-        "seconds_per_image": seconds / max(len(preds), 1),
+    return {
+        **fields,
         # Class-agnostic: the pixel networks see one class; a two-class Mask R-CNN is scored alike.
         "bbox_AP": metrics["coco"]["bbox"]["agnostic/AP"],
         "bbox_AP50": metrics["coco"]["bbox"]["agnostic/AP50"],
@@ -142,17 +185,68 @@ def evaluate_run(run, split, output, threshold, opts=()):
         "patient_dice": metrics["patients"].get("volumetric_dice_mean"),
         "patients": metrics["patients"].get("patients"), "images": metrics["images"],
         "evaluation": os.path.relpath(os.path.join(folder, "report.md"), output),
+        **interval_columns(metrics),
     }
-    return row, preds, name
+
+
+def interval_columns(metrics):
+    """Row entries: each :data:`INTERVAL_FIGURES` figure's interval (``<key>_low``/``_high``) and
+    leak-free value (``leak_free_<key>``), and the leak-free subset's size."""
+    figures = metrics["bootstrap"].get("figures") or {}
+    free = metrics.get("leak_free")
+    out = {"leak_free_images": free["images"] if free else None}
+    for figure, key in INTERVAL_FIGURES:
+        entry = figures.get(figure) or {}
+        out[f"{key}_low"], out[f"{key}_high"] = entry.get("low"), entry.get("high")
+    for figure, key in INTERVAL_FIGURES:
+        out[f"leak_free_{key}"] = point_value(free, figure) if free else None
+    return out
+
+
+def paired_differences(evaluated, pairs=None):
+    """[(run, base run, {figure: interval of run - base})] for each (run index, base index) of
+    ``pairs`` (default: every run against the first), on the same resamples of the same units
+    (:func:`bootstrap.paired_difference`)."""
+    pairs = [(k, 0) for k in range(1, len(evaluated))] if pairs is None else pairs
+    if not pairs:
+        return []
+    boot = evaluated[0]["metrics"]["bootstrap"]
+    if not boot.get("resamples"):
+        return []
+    settings = Settings(boot["resamples"], boot["seed"], boot["level"], boot["method"])
+    figures = {k: split_figures(evaluated[k]) for pair in pairs for k in pair}
+    out = []
+    for k, base in pairs:
+        a, b = figures[k], figures[base]
+        run, base_run = evaluated[k]["row"]["run"], evaluated[base]["row"]["run"]
+        if a.units != b.units or [r["image_id"] for r in a.rows] != \
+                [r["image_id"] for r in b.rows]:
+            logger.warning(f"{run} was evaluated on other images or units than {base_run}: no "
+                           "paired difference.")
+            continue
+        out.append((run, base_run, paired_difference(a, b, settings)))
+    return out
+
+
+def split_figures(evaluated):
+    """The :class:`SplitFigures` of one evaluated run (its predictions and its rows)."""
+    meta = MetadataCatalog.get(evaluated["dataset"])
+    folder = os.path.dirname(os.path.join(evaluated["output"], evaluated["row"]["evaluation"]))
+    gt = os.path.join(folder, f"{evaluated['dataset']}_coco_format.json")
+    results = to_coco_results(list(evaluated["preds"].values()), dataset_category_ids(meta))
+    return SplitFigures(gt, results, evaluated["metrics"]["per_image"])
 
 
 # ---------------------------------------------------------------- outputs
-def write_table(rows, output, split, threshold):
+def write_table(rows, output, split, threshold, differences=()):
+    """compare.md (the table, the intervals, the leak-free figures and the paired differences)
+    and compare.csv; returns the main table."""
     write_csv(os.path.join(output, "compare.csv"), rows)
     cells = []
     for r in rows:
-        cells.append([f"{r[k]:,}" if k == "parameters" else
-                      f"{r[k]:.1f}" if k == "training_minutes" and r[k] is not None else
+        cells.append([fmt_value(r[k]) if r[k] is None else
+                      f"{r[k]:,}" if k == "parameters" else
+                      f"{r[k]:.1f}" if k == "training_minutes" else
                       f"{r[k]:.3f}" if k == "seconds_per_image" else
                       fmt_value(r[k], pct) for _, k, pct in COLUMNS])
     table = markdown_table([c for c, _, _ in COLUMNS], cells)
@@ -170,10 +264,72 @@ def write_table(rows, output, split, threshold):
         "Inference: wall seconds of the evaluation pass (data loading included) per image, batch 1.",
         f"Machine: {machine}.", "",
         "Each run's full report (per-class figures, PR curves, HD95): "
-        + ", ".join(f"[{r['run']}]({r['evaluation']})" for r in rows) + ".", ""])
+        + ", ".join(f"[{r['run']}]({r['evaluation']})" for r in rows) + ".", ""]
+        + uncertainty_lines(rows, differences))
     with open(os.path.join(output, "compare.md"), "w") as f:
         f.write(text)
     return table
+
+
+def seed_summary(rows):
+    """[(config, seeds, {key: (mean, sd)})] of the runs named ``<config>_seed<seed>``."""
+    groups = {}
+    for r in rows:
+        config, sep, seed = r["run"].rpartition("_seed")
+        if sep and seed.isdigit():
+            groups.setdefault(config, []).append(r)
+    out = []
+    for config, part in groups.items():
+        stats = {}
+        for _, key in INTERVAL_FIGURES:
+            values = [r[key] for r in part if isinstance(r[key], (int, float))
+                      and np.isfinite(r[key])]
+            stats[key] = (float(np.mean(values)) if values else float("nan"),
+                          float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"))
+        out.append((config, len(part), stats))
+    return out
+
+
+def uncertainty_lines(rows, differences):
+    """compare.md's seed spread, intervals, leak-free figures and paired differences."""
+    names = [f for f, _ in INTERVAL_FIGURES]
+    lines = []
+    seeded = seed_summary(rows)
+    if seeded:
+        lines += ["## Across seeds", "",
+                  "Mean +/- standard deviation (n - 1) over the runs of each config trained with "
+                  "SEED 0, 1, ... (`--seeds`): what a rerun of the same recipe varies by.", "",
+                  markdown_table(["config", "seeds"] + names, [
+                      [config, str(n)] + [f"{fmt_value(m, pct)} +/- {fmt_value(sd, pct)}"
+                                          for (m, sd), pct in
+                                          ((stats[k], f in ("bbox AP50", "segm AP50"))
+                                           for f, k in INTERVAL_FIGURES)]
+                      for config, n, stats in seeded]), ""]
+    lines += ["## 95% intervals", "",
+             "Bootstrap over the split's patients or pseudo-patients (each run's report.md says "
+             "which, how many and how often); AP50 in %.", "",
+             markdown_table(["run"] + names, [[r["run"]] + [interval_text(f, {
+                 "value": r[k], "low": r[f"{k}_low"], "high": r[f"{k}_high"]})
+                 for f, k in INTERVAL_FIGURES] for r in rows]), ""]
+    if any(r["leak_free_images"] is not None for r in rows):
+        lines += ["## Leak-free subset", "",
+                  "The test slices that no training or validation slice leaks into (same patient, "
+                  "or the same chain of near duplicates); each run's report.md has its "
+                  "intervals.", "",
+                  markdown_table(["run", "slices"] + names, [
+                      [r["run"], fmt_value(r["leak_free_images"])]
+                      + [fmt_value(r[f"leak_free_{k}"], f in ("bbox AP50", "segm AP50"))
+                         for f, k in INTERVAL_FIGURES] for r in rows]), ""]
+    if differences:
+        lines += ["## Paired differences", "",
+                  "Each run minus another (the first, or with --tta its own run without "
+                  "augmentation), with the 95% bootstrap interval of the difference: "
+                  "both models on the same resampled units. An interval that excludes 0 is a "
+                  "difference larger than the choice of test patients alone would make.", "",
+                  markdown_table(["run", "minus"] + names, [
+                      [run, base] + [interval_text(f, d[f]) for f in names]
+                      for run, base, d in differences]), ""]
+    return lines
 
 
 def figure_images(records, count):

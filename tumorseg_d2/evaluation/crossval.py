@@ -7,7 +7,6 @@ Outputs in ``<output>``: ``fold<k>/`` (the training runs), ``evaluation/fold<k>/
 reports), ``crossval.md``, ``crossval.csv``, ``crossval.json`` and ``crossval.png`` (the
 volumetric Dice of every patient, by fold).
 """
-import json
 import logging
 import os
 
@@ -47,11 +46,8 @@ def run_crossval(config, name, folds, output, opts=(), threshold=0.5):
     for k in range(folds):
         fold = fold_opts(name, k)
         run = train_run(config, os.path.join(output, f"fold{k}"), list(opts) + fold)
-        row, _, _ = evaluate_run(run, "test", output, threshold, list(opts) + fold)
-        metrics_file = os.path.join(output, "evaluation", f"fold{k}", "metrics.json")
-        with open(metrics_file) as f:
-            per_patient = json.load(f)["per_patient"]
-        patients += [dict(p, fold=k) for p in per_patient]
+        row, _, _, metrics = evaluate_run(run, "test", output, threshold, list(opts) + fold)
+        patients += [dict(p, fold=k) for p in metrics["per_patient"]]
         rows.append(dict(row, fold=k))
         logger.info(f"[crossval] fold {k + 1}/{folds}: patient Dice "
                     f"{fmt_value(row['patient_dice'])}, slice Dice {fmt_value(row['dice'])}")

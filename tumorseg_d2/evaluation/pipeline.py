@@ -9,11 +9,15 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.coco import convert_to_coco_json
 from tqdm import tqdm
 
+from ..data.leakage import leakage
 from ..data.loader import build_test_loader
-from ..files import write_json
-from ..predictions import dataset_category_ids, from_instances, to_coco_results
+from ..files import load_json, write_json
+from ..modeling.tta import augmentation_text, augmented_model
+from ..predictions import (dataset_category_ids, from_coco_results, from_instances,
+                           to_coco_results)
 from . import clinical
-from .coco import coco_metrics
+from .bootstrap import ResampledAP, Settings, split_intervals
+from .coco import coco_metrics, load_coco_api
 from .patients import patient_rows, summarize_patients
 from .plots import write_plots
 from .report import write_report
@@ -31,8 +35,10 @@ def dataset_for(cfg, split):
 
 
 def predict(cfg, model, dataset_name):
-    """Run ``model`` over a registered split (progress bar); prediction records with RLE masks."""
+    """Run ``model`` (with TEST.AUG's test-time augmentation, if on) over a registered split
+    (progress bar); prediction records with RLE masks."""
     loader = build_test_loader(cfg, dataset_name)
+    model = augmented_model(cfg, model)
     preds = []
     model.eval()
     with torch.inference_mode():
@@ -42,9 +48,22 @@ def predict(cfg, model, dataset_name):
     return preds
 
 
-def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_source):
+def reference_datasets(cfg):
+    """The registered datasets that trained a config's model or chose its checkpoint."""
+    registered = set(DatasetCatalog.list())
+    return tuple(n for n in dict.fromkeys(cfg.DATASETS.TRAIN + cfg.DATASETS.VAL) if n in registered)
+
+
+def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_source,
+                         references=(), bootstrap=Settings(), augmentation=None):
     """Every figure for one split's predictions; writes the results, metrics.json, report.md and
-    the plots into ``output_dir``; returns the metrics."""
+    the plots into ``output_dir``; returns the metrics.
+
+    ``references``: the datasets that trained the model or chose its checkpoint; the headline
+    figures are given again on the split's slices that leak from none of them
+    (:mod:`tumorseg_d2.data.leakage`). ``bootstrap``: the settings of their confidence intervals
+    (:mod:`tumorseg_d2.evaluation.bootstrap`). ``augmentation``: the test-time augmentation that
+    made the predictions, in words (None: none)."""
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
     meta = MetadataCatalog.get(dataset_name)
@@ -56,8 +75,9 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
     write_json(os.path.join(output_dir, "coco_instances_results.json"), results, indent=None)
     gt_json = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
     convert_to_coco_json(dataset_name, gt_json, allow_cached=False)  # annotation ids from 1
-    coco, curves = coco_metrics(gt_json, results, classes,
-                                [category_ids[k] for k in range(len(classes))])
+    gt = load_coco_api(gt_json)
+    class_ids = [category_ids[k] for k in range(len(classes))]
+    coco, curves = coco_metrics(gt, results, classes, class_ids)
 
     agnostic_rows = clinical.rows_for(preds, records, threshold)
     figures = {"all classes": clinical.summarize(agnostic_rows)}
@@ -69,10 +89,13 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
     metrics = {
         "dataset": dataset_name, "images": len(records), "score_threshold": threshold,
         "threshold_source": threshold_source, "match_iou": clinical.MATCH_IOU,
+        "test_time_augmentation": augmentation,
         "coco": coco, "clinical": figures,
         "confusion_matrix": {"labels": ["background"] + classes, "rows_truth_cols_prediction":
                              confusion.tolist()},
         "patients": summarize_patients(per_patient), "per_patient": per_patient,
+        **honest_figures(dataset_name, references, bootstrap, gt, results, classes, class_ids,
+                         agnostic_rows),
         "per_image": agnostic_rows,
         "evaluation_seconds": None,
     }
@@ -83,6 +106,50 @@ def evaluate_predictions(preds, dataset_name, output_dir, threshold, threshold_s
     logger.info(f"Evaluation of {len(records)} images took {metrics['evaluation_seconds']} s; "
                 f"report: {os.path.join(output_dir, 'report.md')}")
     return metrics
+
+
+def honest_figures(dataset_name, references, settings, gt, results, classes, class_ids, rows):
+    """metrics.json's "bootstrap" (intervals over the whole split) and "leak_free" (the figures
+    again on the slices that leak from none of ``references``; None without references)."""
+    leaks = leakage(dataset_name, references)
+    for r in rows:
+        r["unit"] = leaks.units[r["image_id"]]  # what the bootstrap resamples
+    ap = {task: ResampledAP(gt, results, task) for task in ("bbox", "segm")}
+    out = {"bootstrap": split_intervals(gt, results, rows, settings, leaks.unit_kind, ap),
+           "leak_free": None}
+    if leaks.leak_free is None:
+        return out
+    kept = set(leaks.leak_free)
+    part = [r for r in rows if r["image_id"] in kept]
+    out["leak_free"] = {
+        "definition": leaks.definition, "references": list(leaks.references),
+        "images": len(part), "leaking_images": len(rows) - len(part),
+        "coco": coco_metrics(gt, results, classes, class_ids, image_ids=kept)[0] if part else None,
+        "clinical": {"all classes": clinical.summarize(part)},
+        "patients": summarize_patients(patient_rows(part)),
+        "bootstrap": out["bootstrap"] if len(part) == len(rows) else
+        split_intervals(gt, results, part, settings, leaks.unit_kind, ap) if part else None,
+    }
+    logger.info(f"Leak-free subset of {dataset_name}: {len(part)} of {len(rows)} slices "
+                f"({leaks.definition}).")
+    return out
+
+
+def evaluate_results(cfg, results_file, dataset_name, output_dir, threshold=0.5):
+    """Evaluate another tool's COCO results json for a registered split exactly as a model's
+    predictions (:func:`evaluate_predictions`); returns (metrics, prediction records)."""
+    if not os.path.isfile(results_file):
+        raise FileNotFoundError(f"{results_file} does not exist: give the COCO results json "
+                                "(a list of detections) that the other tool wrote for the split.")
+    records = DatasetCatalog.get(dataset_name)
+    preds = from_coco_results(load_json(results_file), records,
+                              dataset_category_ids(MetadataCatalog.get(dataset_name)),
+                              results_file)
+    logger.info(f"{results_file}: {sum(len(p['scores']) for p in preds)} detections on "
+                f"{len(records)} images of {dataset_name}")
+    return evaluate_predictions(preds, dataset_name, output_dir, threshold,
+                                f"fixed; predictions from {results_file}",
+                                reference_datasets(cfg), Settings.of(cfg)), preds
 
 
 def evaluate_split(cfg, model, dataset_name, output_dir, threshold=0.5, threshold_from=None):
@@ -98,4 +165,6 @@ def evaluate_split(cfg, model, dataset_name, output_dir, threshold=0.5, threshol
         source = f"chosen on {threshold_from}: best lesion F1 {f1s[threshold]:.3f}"
         logger.info(f"Score threshold {threshold} ({source})")
     preds = predict(cfg, model, dataset_name)
-    return evaluate_predictions(preds, dataset_name, output_dir, threshold, source)
+    return evaluate_predictions(preds, dataset_name, output_dir, threshold, source,
+                                reference_datasets(cfg), Settings.of(cfg),
+                                augmentation_text(cfg, model))

@@ -3,6 +3,7 @@ import math
 import os
 
 from ..tables import fmt_value, markdown_table
+from .bootstrap import FIGURES, PERCENT, point_value
 from .coco import COCO_STATS, METRICS
 
 
@@ -41,6 +42,8 @@ def write_report(path, metrics, plots, worst=10):
         "",
         f"Score threshold **{metrics['score_threshold']}** ({metrics['threshold_source']}); a "
         f"tumor counts as found when a detection overlaps it with box IoU >= {metrics['match_iou']}.",
+        "",
+        f"Test-time augmentation: {metrics.get('test_time_augmentation') or 'none'}.",
         "",
         "## COCO AP (%)",
         "",
@@ -97,6 +100,7 @@ def write_report(path, metrics, plots, worst=10):
                   "slice on which a false alarm could be counted against a true negative.", ""]
 
     lines += patient_section(metrics)
+    lines += honest_section(metrics)
     lines += ["## Plots", ""] + [f"**{caption}**\n\n![{caption}]({name})\n"
                                  for caption, name in plots.items()]
     ordered = sorted(metrics["per_image"], key=lambda r: (r["dice"], str(r["file_name"])))[:worst]
@@ -131,3 +135,56 @@ def patient_section(metrics):
                                      "detections", "volumetric_dice", "slice_dice_mean",
                                      "true_volume_px", "predicted_volume_px")] for r in rows]), ""]
     return lines
+
+
+def interval_text(figure, entry):
+    """"value [low, high]" of one figure of a bootstrap section (n/a where undefined)."""
+    if not entry or entry.get("value") is None:
+        return "n/a"
+    pct = figure in PERCENT
+    text = fmt_value(entry["value"], pct)
+    if entry.get("low") is not None:
+        text += f" [{fmt_value(entry['low'], pct)}, {fmt_value(entry['high'], pct)}]"
+    return text
+
+
+def honest_section(metrics):
+    """Report lines of the confidence intervals and the leak-free subset."""
+    boot, free = metrics.get("bootstrap"), metrics.get("leak_free")
+    if not boot:
+        return []
+    unit = {"patient": "patients", "pseudo-patient": "pseudo-patients (chains of near-duplicate "
+            "slices)"}.get(boot["unit"], boot["unit"])
+    lines = ["## Uncertainty and leakage", ""]
+    if boot.get("figures"):
+        lines += [f"In brackets: the {boot['level']:.0%} bootstrap interval ({boot['method']}) over "
+                  f"the split's {boot['units']} {unit}, resampled with replacement "
+                  f"{boot['resamples']} times (seed {boot['seed']}); where {boot['method']} is "
+                  "undefined (every resample alike, or the figure undefined in some resamples), "
+                  "the percentile interval of the resamples that define it. AP figures are class-agnostic (any tumor), in %; "
+                  "Dice is the mean over tumor slices; patient Dice the mean volumetric Dice of "
+                  "the patients with tumor.", ""]
+    else:
+        lines += ["No intervals: TEST.BOOTSTRAP.RESAMPLES is 0.", ""]
+    if free and not free["leaking_images"]:
+        lines += [f"Every slice of the split is leak-free: {free['definition']}.", ""]
+        free = None
+    elif free:
+        lines += [f"Leak-free subset: the {free['images']} slices of {metrics['images']} that are "
+                  f"{free['definition']} ({free['leaking_images']} slices leak).", ""]
+    else:
+        lines += ["No leak-free subset: the evaluation was given no training or validation "
+                  "dataset to compare against.", ""]
+    headers = ["figure", f"whole split ({metrics['images']} slices)"]
+    if free:
+        headers.append(f"leak-free subset ({free['images']} slices)")
+    rows = []
+    for figure in FIGURES:
+        row = [figure, interval_text(figure, (boot.get("figures") or {}).get(figure)
+                                     or {"value": point_value(metrics, figure)})]
+        if free:
+            fb = (free.get("bootstrap") or {}).get("figures") or {}
+            row.append(interval_text(figure, fb.get(figure) or {"value": point_value(free, figure)}))
+        rows.append(row)
+    return lines + [markdown_table(headers, rows), ""]
+
