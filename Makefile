@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tumorseg-env
 
-.PHONY: env demo test baselines recipe benchmark clean-env
+.PHONY: env demo test baselines recipe benchmark yolo-env yolo clean-env
 
 env: $(STAMP)
 
@@ -39,6 +39,20 @@ recipe: env
 # Side by side with plain Detectron2; uses the recipe's weights when `make recipe` has run.
 benchmark: env
 	$(PY) tools/benchmark.py $(ARGS)
+
+# The other side of the fair fight (README "Side by side with Ultralytics YOLO"): Ultralytics in
+# an environment of its own, so that it never changes the toolkit's packages.
+YOLO_VENV := .venv-yolo
+YOLO_PINS := torch==2.14.1 torchvision==0.29.2 ultralytics==8.4.190 pycocotools==2.0.11
+yolo-env: $(YOLO_VENV)/.stamp
+$(YOLO_VENV)/.stamp:
+	test -x $(YOLO_VENV)/bin/python || $(PYTHON) -m venv $(YOLO_VENV)
+	$(YOLO_VENV)/bin/python -m pip install -q --disable-pip-version-check $(YOLO_PINS)
+	touch $@
+
+yolo: yolo-env
+	$(YOLO_VENV)/bin/python references/ultralytics_yolo.py \
+		--data $${DETECTRON2_DATASETS:-datasets}/tumorseg --output output/yolo $(ARGS)
 
 clean-env:
 	rm -rf $(VENV)

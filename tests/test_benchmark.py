@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 
 from tumorseg_d2.benchmark.speed import PeakMemory, inference_variants, model_macs
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+from tumorseg_d2.engine.amp import native_bf16_on_cpu
 from tumorseg_d2.predictor import BatchPredictor
 
 from conftest import CONFIGS, SCRATCH_CFG, TINY, predictor_cfg, run_tool
@@ -111,6 +112,11 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     assert set(result) >= {"machine", "limit", "training", "loading", "inference", "evaluation"}
     assert result["training"]["ratio"] > 0 and result["loading"]["ratio"] > 0
     assert result["training"]["tumorseg_d2 Trainer"]["iterations_timed"] == 2
+    # Without native bf16 (a reference kernel, many times slower) one iteration says enough.
+    bf16 = result["training"]["tumorseg_d2 Trainer, bf16 autocast"]
+    assert bf16["iterations_timed"] == (2 if native_bf16_on_cpu() else 1)
+    assert result["training"]["bf16_ratio"] > 0
+    assert result["training"]["bf16_native"] == native_bf16_on_cpu()
     rows = result["inference"]
     variants = inference_variants(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, TINY))
     assert [r["variant"] for r in rows] == [name for name, _ in variants]

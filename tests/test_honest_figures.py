@@ -16,7 +16,8 @@ from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.data import make_phantom_dataset, register_tumorseg
 from tumorseg_d2.data.phantom import make_phantom_mask_folders
 from tumorseg_d2.data.check import similar_pairs
-from tumorseg_d2.data.leakage import fingerprints, leakage
+from tumorseg_d2.data import leakage as leakage_module
+from tumorseg_d2.data.leakage import fingerprint_cache_path, fingerprints, leakage
 from tumorseg_d2.evaluation import clinical
 from tumorseg_d2.evaluation.bootstrap import (FIGURES, ResampledAP, Settings, SplitFigures,
                                               intervals, paired_difference)
@@ -172,6 +173,43 @@ def blobs(seed, size=96):
     noise = np.random.default_rng(seed).uniform(0, 255, (size, size)).astype(np.float32)
     smooth = cv2.GaussianBlur(noise, (0, 0), 6)
     return ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 255).astype(np.uint8)
+
+
+def test_fingerprints_are_kept_on_disk_while_the_file_is_unchanged(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(leakage_module, "_HASHES", {})
+    paths = [str(tmp_path / f"{n}.png") for n in "ab"]
+    for seed, path in enumerate(paths):
+        cv2.imwrite(path, blobs(seed))
+    first = fingerprints(paths)
+    assert os.path.isfile(fingerprint_cache_path())
+
+    # A new process (empty memory) reads the hashes from disk. To prove it decoded nothing, a's
+    # pixels change while its path, size and time stay: the cached hash is served.
+    monkeypatch.setattr(leakage_module, "_HASHES", {})
+    stat = os.stat(paths[0])
+    flipped = cv2.flip(cv2.imread(paths[0], cv2.IMREAD_GRAYSCALE), 1)
+    cv2.imwrite(paths[0], flipped)
+    with open(paths[0], "r+b") as f:  # same size: pad or cut the PNG's trailing bytes
+        data = f.read()
+    data = (data + b"\0" * stat.st_size)[:stat.st_size] if len(data) != stat.st_size else data
+    with open(paths[0], "wb") as f:
+        f.write(data)
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert all((x == y).all() for x, y in zip(fingerprints(paths), first))
+
+    # A new modification time is a new file: hashed again.
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    cv2.imwrite(paths[0], flipped)
+    again = fingerprints(paths)
+    assert not (again[0] == first[0]).all() and (again[1] == first[1]).all()
+
+    # A damaged cache is ignored (and rewritten), never an error.
+    monkeypatch.setattr(leakage_module, "_HASHES", {})
+    with open(fingerprint_cache_path(), "w") as f:
+        f.write("{not json")
+    assert all((x == y).all() for x, y in zip(fingerprints(paths), again))
+    assert len(json.load(open(fingerprint_cache_path()))) == 2
 
 
 def test_near_duplicates_chain_slices_into_pseudo_patients(tmp_path):

@@ -15,7 +15,7 @@ from detectron2.solver import build_lr_scheduler as detectron2_scheduler
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.engine.schedule import build_lr_scheduler
-from tumorseg_d2.sweep import sweep_seed, valid_metrics
+from tumorseg_d2.sweep import run_sweep, sweep_seed, valid_metrics
 
 from conftest import REPO, SCRATCH_CFG, TINY, run_tool
 
@@ -161,9 +161,19 @@ def test_sweep_keeps_the_seed_of_the_config_file(tmp_path):
 
 
 def test_every_recorded_figure_of_a_pixel_model_is_a_sweep_metric():
+    # The loss terms are named after the model's loss; the config turns the loss pass off.
     cfg = merge_config(get_tumorseg_cfg(), os.path.join(
-        REPO, "configs", "baselines", "unet_cpu.yaml"), [])
+        REPO, "configs", "baselines", "unet_cpu.yaml"), ["TEST.VAL_LOSS", "True"])
     assert {"overlap/Dice", "val_loss_bce", "val_loss_dice", "segm/AP50"} <= set(valid_metrics(cfg))
+
+
+def test_a_loss_metric_without_the_validation_loss_is_refused_with_the_reason(tmp_path):
+    cfg = merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["TEST.VAL_LOSS", "False"])
+    assert "segm/AP" in valid_metrics(cfg)
+    assert not any("loss" in m for m in valid_metrics(cfg))
+    with pytest.raises(ValueError, match="TEST.VAL_LOSS False turns off"):
+        run_sweep(cfg, metric="validation_loss", output=str(tmp_path / "sweep"))
+    assert not os.path.exists(tmp_path / "sweep")
 
 
 def test_unknown_metric_is_refused_before_training(phantom_root, tmp_path):
@@ -196,6 +206,7 @@ def test_sweep_on_real_data_writes_every_output(real_root, tmp_path):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     rows = read_csv(os.path.join(out, "results.csv"))
     assert [int(r["iters"]) for r in rows] == [2]
+    assert "validation_loss" not in rows[0]  # TEST.VAL_LOSS False skips the loss pass
     best = json.load(open(os.path.join(out, "best.json")))
     assert best["test"]["coco"]["bbox"]["AP50"] >= 0 and best["validated_on"] == "tumorseg_valid"
     assert json.load(open(os.path.join(out, "test", "metrics.json")))["images"] == 215

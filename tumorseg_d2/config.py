@@ -68,6 +68,9 @@ def add_tumorseg_config(cfg):
     cfg.TEST.BOOTSTRAP.RESAMPLES = 1000
     cfg.TEST.BOOTSTRAP.SEED = 0
     cfg.TEST.BOOTSTRAP.LEVEL = 0.95
+    # Mixed-precision training (SOLVER.AMP.ENABLED, tumorseg_d2/engine/amp.py): "bfloat16" runs
+    # on CPUs with bf16 (AVX-512 bf16, AMX) and recent GPUs; "float16" on CUDA, with loss scaling.
+    cfg.SOLVER.AMP.PRECISION = "float16"
     # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
     cfg.MODEL.PIXEL_SEG = CN()
     cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S
@@ -103,6 +106,9 @@ def validate_config(cfg):
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.BEST_METRIC (e.g. 'segm/AP50').")
     if cfg.TEST.EARLY_STOP_PATIENCE and cfg.TEST.EVAL_PERIOD <= 0:
         raise ValueError("TEST.EARLY_STOP_PATIENCE needs TEST.EVAL_PERIOD > 0.")
+    if cfg.SOLVER.AMP.PRECISION not in ("bfloat16", "float16"):
+        raise ValueError(f"SOLVER.AMP.PRECISION is {cfg.SOLVER.AMP.PRECISION!r}; use 'bfloat16' "
+                         "(CPU or GPU) or 'float16' (CUDA).")
     if cfg.TEST.BOOTSTRAP.RESAMPLES < 0 or not 0 < cfg.TEST.BOOTSTRAP.LEVEL < 1:
         raise ValueError(f"TEST.BOOTSTRAP.RESAMPLES is {cfg.TEST.BOOTSTRAP.RESAMPLES} and LEVEL "
                          f"{cfg.TEST.BOOTSTRAP.LEVEL}; use RESAMPLES >= 0 (0: no intervals) and "

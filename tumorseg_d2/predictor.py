@@ -26,6 +26,7 @@ from detectron2.layers.mask_ops import paste_masks_in_image
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import SafeCheckpointer, resolve_weights
+from .engine.amp import slow_bf16_warning
 from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
 from .modeling.tta import augmented_model
@@ -161,12 +162,14 @@ class BatchPredictor:
         (same results; the default, as it was the fastest fp32 setting measured);
         ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
         as an ONNX Runtime session exported at start-up. tools/benchmark.py measures each
-        (README, Performance)."""
+        (README, Performance). bf16 pays only on CPUs with native bfloat16
+        (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'.")
         if precision not in PRECISIONS:
             raise ValueError(f"precision is {precision!r}; use one of {sorted(PRECISIONS)}.")
         self.on_error, self.precision = on_error, precision
+        slow_bf16_warning(PRECISIONS[precision], torch.device(cfg.MODEL.DEVICE).type)
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg).eval()
         SafeCheckpointer(self.model, same_classes=True).load(resolve_weights(cfg.MODEL.WEIGHTS))

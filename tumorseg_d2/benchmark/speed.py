@@ -23,6 +23,8 @@ from detectron2.modeling import build_model
 from fvcore.nn import FlopCountAnalysis
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
+from ..config import derived
+from ..engine.amp import slow_bf16_warning
 from ..engine.trainer import Trainer
 from ..evaluation.coco import coco_metrics
 from ..evaluation.pipeline import evaluate_predictions
@@ -172,22 +174,32 @@ def training_step_times(trainer_cls, cfg, warmup, iters):
     return timer.times[warmup:]
 
 
+OURS, DETECTRON2, OURS_BF16 = ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer",
+                               "tumorseg_d2 Trainer, bf16 autocast")
+
+
 def benchmark_training(cfg, warmup, iters, rounds):
-    """Images/s of our Trainer and Detectron2's DefaultTrainer on the same config, run in
-    alternating order (ABBA...) so drift in the machine's speed affects both alike."""
-    times = {"tumorseg_d2 Trainer": [], "detectron2 DefaultTrainer": []}
-    order = [Trainer, DefaultTrainer]
+    """Images/s of our Trainer (fp32, and bf16 autocast: SOLVER.AMP.ENABLED with PRECISION
+    bfloat16) and Detectron2's DefaultTrainer on the same config, run in alternating order
+    (ABC, CBA, ...) so drift in the machine's speed affects all alike. On a CPU without native
+    bfloat16, bf16 is timed over one iteration per round."""
+    bf16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "bfloat16"})
+    runs = [(OURS, Trainer, cfg), (DETECTRON2, DefaultTrainer, cfg), (OURS_BF16, Trainer, bf16)]
+    # Without native bf16 an iteration takes many times longer: one after one warm-up says it.
+    slow = slow_bf16_warning(torch.bfloat16, torch.device(cfg.MODEL.DEVICE).type)
+    times = {name: [] for name, _, _ in runs}
     for r in range(rounds):
-        for cls in (order if r % 2 == 0 else order[::-1]):
-            name = "tumorseg_d2 Trainer" if cls is Trainer else "detectron2 DefaultTrainer"
+        for name, cls, run_cfg in (runs if r % 2 == 0 else runs[::-1]):
             logger.info(f"training benchmark: {name}, round {r + 1}/{rounds}")
-            times[name] += training_step_times(cls, cfg, warmup, iters)
+            n_warmup, n_iters = (1, 1) if slow and name == OURS_BF16 else (warmup, iters)
+            times[name] += training_step_times(cls, run_cfg, n_warmup, n_iters)
     batch = cfg.SOLVER.IMS_PER_BATCH
     out = {name: {"seconds_per_iter": statistics.median(t), "images_per_s":
                   batch / statistics.median(t), "iterations_timed": len(t)}
            for name, t in times.items()}
-    out["ratio"] = (out["tumorseg_d2 Trainer"]["images_per_s"]
-                    / out["detectron2 DefaultTrainer"]["images_per_s"])
+    out["ratio"] = out[OURS]["images_per_s"] / out[DETECTRON2]["images_per_s"]
+    out["bf16_ratio"] = out[OURS_BF16]["images_per_s"] / out[DETECTRON2]["images_per_s"]
+    out["bf16_native"] = not slow
     out["config"] = {"IMS_PER_BATCH": batch, "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
                      "optimizer": "SGD", "warmup_iters": warmup, "iters_per_round": iters,
                      "rounds": rounds}
@@ -408,12 +420,17 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
 
 # ---------------------------------------------------------------- Markdown
 def _side_by_side(title, section, what, time_label, time_key):
-    """A section's two rows (ours, Detectron2's) and their images/s ratio, as Markdown lines."""
+    """A section's rows (ours, Detectron2's, and our bf16 training where measured) and their
+    images/s ratios to Detectron2, as Markdown lines."""
+    names = [k for k in (OURS, DETECTRON2, OURS_BF16) if k in section]
     rows = [[k, fmt_value(section[k][time_key], digits=3),
-             fmt_value(section[k]["images_per_s"], digits=2)]
-            for k in ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer")]
-    return [title, "", markdown_table([what, time_label, "images/s"], rows), "",
-            f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**", ""]
+             fmt_value(section[k]["images_per_s"], digits=2)] for k in names]
+    ratios = f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**"
+    if "bf16_ratio" in section:
+        ratios += (f"; with bf16 autocast: **{section['bf16_ratio']:.3f}**"
+                   + ("" if section["bf16_native"] else " (this CPU has no native bfloat16: "
+                      "PyTorch's reference convolution)"))
+    return [title, "", markdown_table([what, time_label, "images/s"], rows), "", ratios, ""]
 
 
 def markdown(result):

@@ -23,6 +23,7 @@ from detectron2.data import DatasetCatalog
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..files import load_json, write_json
 from .check import NEAR_DUPLICATE_SIMILARITY, read_image, similar_pairs
 
 logger = logging.getLogger("tumorseg_d2")
@@ -87,19 +88,53 @@ def pseudo_patients(files, min_similarity=NEAR_DUPLICATE_SIMILARITY, workers=2):
 
 
 def fingerprints(files, workers=2):
-    """The difference hash of each file (None where unreadable); each file's hash is computed once
-    per process while it stays unchanged."""
+    """The difference hash of each file (None where unreadable). Each file's hash is computed once
+    while it stays unchanged (same path, size and modification time): kept for the process and in
+    :func:`fingerprint_cache_path`, so that later evaluations of the same data skip decoding it."""
     keys = [_file_key(f) for f in files]
+    if not _HASHES:
+        _HASHES.update(_read_cache())
     missing = sorted({k for k in keys if k not in _HASHES})
     if missing:
         logger.info(f"Fingerprinting {len(missing)} images for near duplicates ...")
         with Pool(workers) as pool:
             decoded = pool.map(read_image, [k[0] for k in missing], chunksize=16)
         _HASHES.update({k: d[3] for k, d in zip(missing, decoded)})
+        _write_cache()
     return [_HASHES[k] for k in keys]
 
 
-_HASHES = {}
+_HASHES = {}  # (path, mtime_ns, size) -> bit array, or None for an unreadable file
+
+
+def fingerprint_cache_path():
+    """$TUMORSEG_CACHE/fingerprints.json, by default under ~/.cache/tumorseg_d2."""
+    root = os.environ.get("TUMORSEG_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tumorseg_d2")
+    return os.path.join(root, "fingerprints.json")
+
+
+def _read_cache():
+    path = fingerprint_cache_path()
+    try:
+        rows = load_json(path) if os.path.isfile(path) else []
+        return {(p, t, n): None if h is None else np.unpackbits(
+                    np.frombuffer(bytes.fromhex(h), np.uint8)).astype(bool)
+                for p, t, n, h in rows if t is not None}
+    except (OSError, ValueError, TypeError) as e:  # a damaged cache is only a slower run
+        logger.warning(f"Ignoring the fingerprint cache {path} ({type(e).__name__}: {e}); it "
+                       "is rewritten.")
+        return {}
+
+
+def _write_cache():
+    rows = [[p, t, n, None if h is None else np.packbits(h).tobytes().hex()]
+            for (p, t, n), h in _HASHES.items() if t is not None]
+    try:
+        write_json(fingerprint_cache_path(), rows, indent=None)
+    except OSError as e:
+        logger.warning(f"The fingerprint cache could not be written ({e}); set TUMORSEG_CACHE "
+                       "to a writable folder to keep fingerprints between runs.")
 
 
 def _file_key(path):
@@ -108,4 +143,3 @@ def _file_key(path):
         return path, stat.st_mtime_ns, stat.st_size
     except OSError:
         return path, None, None
-

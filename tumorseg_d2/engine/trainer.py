@@ -10,7 +10,7 @@ import weakref
 
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
@@ -26,6 +26,7 @@ from ..files import write_json
 from ..rng import preserve_rng
 from .hooks import (BestCheckpointer, DeferredWriter, EarlyStopping, FlushBeforeCheckpoint,
                     ValidationLoss, drop_metrics_from)
+from .amp import step_trainer
 from .schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -43,8 +44,7 @@ class Trainer(DefaultTrainer):
         on_gpu = any(p.is_cuda for p in model.parameters())
         model = create_ddp_model(model, broadcast_buffers=False,
                                  device_ids=[comm.get_local_rank()] if on_gpu else None)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer)
+        self._trainer = step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg

@@ -43,8 +43,8 @@ def metric_mode(metric):
 
 def valid_metrics(cfg):
     """Every figure a validation row records (and --metric may name): COCO AP per task, overall and
-    per class; Dice, IoU and sensitivity (overlap/*, with masks); the validation loss and each of
-    its parts, named after the model's training losses."""
+    per class; Dice, IoU and sensitivity (overlap/*, with masks); with TEST.VAL_LOSS, the
+    validation loss and each of its parts, named after the model's training losses."""
     tasks = ("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",)
     classes = MetadataCatalog.get(cfg.DATASETS.VAL[0]).get("thing_classes", [])
     names = list(METRICS) + [f"{m}-{c}" for m in METRICS for c in classes]
@@ -54,8 +54,10 @@ def valid_metrics(cfg):
             + (["loss_mask"] if cfg.MODEL.MASK_ON else [])
     else:  # the pixel baselines: one loss per term of MODEL.PIXEL_SEG.LOSS
         losses = [f"loss_{term.lower()}" for term in cfg.MODEL.PIXEL_SEG.LOSS.split("+")]
-    return [f"{t}/{n}" for t in tasks for n in names] + overlap + ["validation_loss"] \
-        + [f"val_{x}" for x in losses]
+    figures = [f"{t}/{n}" for t in tasks for n in names] + overlap
+    if cfg.TEST.VAL_LOSS:  # TEST.VAL_LOSS False skips the loss pass over the validation split
+        figures += ["validation_loss"] + [f"val_{x}" for x in losses]
+    return figures
 
 
 def choose_best(rows, metric):

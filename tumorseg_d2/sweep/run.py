@@ -33,6 +33,9 @@ def run_sweep(cfg, lrs=DEFAULT_LRS, lengths=DEFAULT_ITERS, output="output/sweep"
         raise ValueError("The sweep chooses on DATASETS.VAL, which is empty: set DATASETS.VAL "
                          "('tumorseg_valid',).")
     if metric not in valid_metrics(cfg):
+        if "loss" in metric and not cfg.TEST.VAL_LOSS:
+            raise ValueError(f"--metric {metric} needs the validation loss, which TEST.VAL_LOSS "
+                             f"False turns off; drop that override or choose another metric.")
         raise ValueError(f"--metric {metric} is not measured on validation; choose one of "
                          f"{', '.join(valid_metrics(cfg))}.")
     lengths = sorted(set(lengths))

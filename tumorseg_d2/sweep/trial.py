@@ -28,7 +28,7 @@ def trial_config(cfg, lr, lengths, out_dir):
     """The base config at this learning rate, trained to the longest length. Validation and test
     evaluation, best-checkpoint selection and early stopping are the sweep's own."""
     return derived(cfg, {"SOLVER.BASE_LR": float(lr), "SOLVER.MAX_ITER": max(lengths),
-                         "OUTPUT_DIR": out_dir, "TEST.EVAL_PERIOD": 0, "TEST.VAL_LOSS": False,
+                         "OUTPUT_DIR": out_dir, "TEST.EVAL_PERIOD": 0,
                          "TEST.BEST_METRIC": "", "TEST.EARLY_STOP_PATIENCE": 0})
 
 
@@ -45,13 +45,14 @@ def read_rows(out_dir):
 class Milestones(HookBase):
     """At each length k: save ``model_after_{k}_iters.pth`` (full training state, so a resume can
     start there), evaluate it on DATASETS.VAL (COCO AP and validation loss) and append a row to
-    milestones.jsonl. Also logs progress with the trial's and the sweep's remaining time."""
+    milestones.jsonl; the validation loss only with TEST.VAL_LOSS. Also logs progress with the trial's and the sweep's remaining time."""
 
     def __init__(self, cfg, lengths, rows, progress):
         self.cfg, self.lengths, self.rows = cfg, sorted(lengths), rows
         self.progress = progress or {}
         self.train_seconds = 0.0
-        self._val_loader = validation_loader(cfg, cfg.DATASETS.VAL[0])
+        self._val_loader = validation_loader(cfg, cfg.DATASETS.VAL[0]) \
+            if cfg.TEST.VAL_LOSS else None
 
     def state_dict(self):
         return {"train_seconds": self.train_seconds}
@@ -90,7 +91,7 @@ class Milestones(HookBase):
         was_training = model.training
         with preserve_rng():  # evaluating must not change what is trained next
             results = Trainer.test(val_cfg, model)
-            losses = validation_losses(model, self._val_loader)
+            losses = validation_losses(model, self._val_loader) if self._val_loader else {}
         model.train(was_training)
         row = {"lr": self.cfg.SOLVER.BASE_LR, "iters": k}
         row.update({f"{task}/{m}": v for task, res in results.items() for m, v in res.items()})
