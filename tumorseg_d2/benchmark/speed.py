@@ -24,7 +24,7 @@ from fvcore.nn import FlopCountAnalysis
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..config import derived
-from ..engine.amp import slow_bf16_warning
+from ..engine.amp import native_bf16_on_cpu, slow_bf16_warning
 from ..engine.trainer import Trainer
 from ..evaluation.coco import coco_metrics
 from ..evaluation.pipeline import evaluate_predictions
@@ -80,10 +80,24 @@ class PeakMemory:
 
 
 def machine():
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+    """What the figures depend on: the CPU and its vector instructions (AVX2 or AVX-512; native
+    bfloat16 or not), cores, threads, memory and versions."""
+    return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16_on_cpu(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "bf16_matmul": torch.backends.mkldnn.is_available()}
+            "python": platform.python_version(),
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 # ---------------------------------------------------------------- the limit
@@ -436,7 +450,8 @@ def _side_by_side(title, section, what, time_label, time_key):
 def markdown(result):
     """The benchmark's tables, with the ratios to Detectron2 in the same run."""
     m, lines = result["machine"], []
-    lines += [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
+    lines += [f"Machine: {m['cpu']} ({m['cpu_capability']}, bfloat16 "
+              f"{'native' if m['native_bf16'] else 'not native'}), {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
               f"({m['torch_threads']} threads). Dataset {result['dataset']}; weights "
               f"{result['weights'] or 'none (random initialization: AP is meaningless)'}.", ""]
     limit = result["limit"]
