@@ -14,9 +14,12 @@ only through files. It
    ``tools/evaluate.py --results`` and ``tools/compare.py --results yolo=...`` score with the
    toolkit's own evaluator.
 
-Example (the recorded run):
+Machines differ (an AVX2 machine trains about 1.6x slower than an AVX-512 one), so run both
+sides on the same machine and give YOLO the toolkit run's own training time (--hours-of).
+
+Example:
     .venv-yolo/bin/python references/ultralytics_yolo.py \\
-        --data ../shared/datasets/tumorseg --hours 1 --output output/yolo
+        --data ../shared/datasets/tumorseg --hours-of output/recipe_cpu_60min --output output/yolo
     .venv/bin/python tools/compare.py output/recipe_cpu_60min \\
         --results yolo=output/yolo/test_results.json --output output/yolo_vs_recipe
 """
@@ -52,6 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--hours", type=float, default=1.0,
                    help="wall time for training; Ultralytics fits its epochs and schedule to it")
+    p.add_argument("--hours-of", metavar="RUN",
+                   help="instead of --hours: the training time of a toolkit run (its "
+                        "training_summary.json), so that both sides get the same time on the "
+                        "same machine")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="test", help="the split to predict")
@@ -62,6 +69,17 @@ def parse_args(argv=None):
     p.add_argument("--predict-only", metavar="WEIGHTS",
                    help="skip training; predict --split with these weights")
     return p.parse_args(argv)
+
+
+def training_hours(run_dir):
+    """Wall hours a toolkit run trained, from its training_summary.json (every session, each
+    iteration counted once; validation passes included, as they are in YOLO's time)."""
+    path = os.path.join(run_dir, "training_summary.json")
+    if not os.path.isfile(path):
+        sys.exit(f"--hours-of {run_dir}: no training_summary.json there; give a finished "
+                 "training run's folder (OUTPUT_DIR).")
+    with open(path) as f:
+        return json.load(f)["seconds"] / 3600
 
 
 def load_split(root, split):
@@ -194,10 +212,13 @@ def predict(args, weights):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.hours_of:
+        args.hours = training_hours(args.hours_of)
+        print(f"[yolo] training for {args.hours * 60:.1f} minutes, as {args.hours_of} did")
     os.makedirs(args.output, exist_ok=True)
     os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(os.path.abspath(args.output), "config"))
     summary = {"model": args.model, "imgsz": args.imgsz, "batch": args.batch, "seed": args.seed,
-               "hours": args.hours}
+               "hours": args.hours, "hours_of": args.hours_of}
     if args.predict_only:
         weights = args.predict_only
     else:

@@ -8,6 +8,7 @@ import os
 
 import cv2
 import numpy as np
+import pytest
 from pycocotools import mask as mask_util
 
 from tumorseg_d2.data import make_phantom_dataset
@@ -77,3 +78,17 @@ def test_an_annotation_without_polygons_is_outlined_from_its_rle_or_box():
 
     (box,) = yolo.polygons_of({"segmentation": [], "bbox": [2, 3, 10, 5]}, 40, 50)
     assert box.tolist() == [[2, 3], [12, 3], [12, 8], [2, 8]]
+
+
+def test_yolo_gets_the_training_time_of_the_toolkit_run(tmp_path):
+    """--hours-of: both sides of the fight train for the same wall time on the same machine."""
+    yolo = load_script()
+    run = tmp_path / "recipe"
+    run.mkdir()
+    (run / "training_summary.json").write_text(json.dumps(
+        {"seconds": 2991.0, "iterations": 1500,
+         "sessions": [{"from": 0, "to": 700, "seconds": 1400.0},
+                      {"from": 700, "to": 1500, "seconds": 1591.0}]}))
+    assert yolo.training_hours(str(run)) * 3600 == 2991.0
+    with pytest.raises(SystemExit, match="no training_summary.json there"):
+        yolo.training_hours(str(tmp_path))
