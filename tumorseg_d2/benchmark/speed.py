@@ -451,7 +451,8 @@ def markdown(result):
     """The benchmark's tables, with the ratios to Detectron2 in the same run."""
     m, lines = result["machine"], []
     lines += [f"Machine: {m['cpu']} ({m['cpu_capability']}, bfloat16 "
-              f"{'native' if m['native_bf16'] else 'not native'}), {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']} "
+              f"{'native' if m['native_bf16'] else 'not native'}), {m['cores']} cores, "
+              f"{m['memory_gib']} GiB, torch {m['torch']} "
               f"({m['torch_threads']} threads). Dataset {result['dataset']}; weights "
               f"{result['weights'] or 'none (random initialization: AP is meaningless)'}.", ""]
     limit = result["limit"]
