@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from detectron2.modeling import build_model
@@ -12,7 +13,7 @@ from detectron2.modeling import build_model
 from tumorseg_d2.benchmark.speed import PeakMemory, inference_variants, model_macs
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.engine.amp import native_bf16_on_cpu
-from tumorseg_d2.predictor import BatchPredictor
+from tumorseg_d2.predictor import BatchPredictor, calibration_sample
 
 from conftest import CONFIGS, SCRATCH_CFG, TINY, predictor_cfg, run_tool
 
@@ -54,6 +55,36 @@ def test_bf16_finds_the_fp32_tumors(checkpoint):
             confident += 1
             assert max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
     assert confident
+
+
+def test_int8_backbone_finds_the_fp32_tumors(checkpoint):
+    """The int8 backbone (calibrated on training slices) moves scores and boxes a little, but
+    every confident fp32 detection is still found at the detection criterion (box IoU >= 0.5)."""
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    train = calibration_sample(sorted(glob.glob(os.path.join(root, "train", "*.jpg"))), 16)
+    assert len(train) == 16
+    cfg = predictor_cfg(weights)
+    int8 = BatchPredictor(cfg, channels_last=False, backbone_runtime="onnxruntime-int8",
+                          calibration_images=train)
+    ops = {node.op_type for node in onnx.load_from_string(int8.model.backbone.onnx_graph).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    confident = 0
+    for ref, r in zip(BatchPredictor(cfg)(files), int8(files)):
+        for box in ref["boxes"][ref["scores"] >= 0.5]:
+            confident += 1
+            assert max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
+    assert confident
+
+
+def test_int8_without_calibration_images_is_refused(checkpoint, tmp_path):
+    weights, root = checkpoint
+    with pytest.raises(ValueError, match="calibration_images"):
+        BatchPredictor(predictor_cfg(weights), backbone_runtime="onnxruntime-int8")
+    r = run_tool("predict.py", "--config-file", SCRATCH_CFG, "--weights", weights,
+                 "--input", os.path.join(root, "test"), "--output", str(tmp_path / "out"),
+                 "--backbone-runtime", "onnxruntime-int8")
+    assert r.returncode != 0 and "--calibrate-on" in r.stderr
 
 
 def test_peak_memory_sees_an_allocation():
@@ -134,6 +165,16 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     by_name = {r["variant"]: r for r in rows}
     assert by_name["BatchPredictor fp32"]["bbox_AP"] == pytest.approx(
         by_name["detectron2 DefaultPredictor, config size"]["bbox_AP"], abs=0.5)
+    # Equal AP is judged against DefaultPredictor at the same size, never across sizes.
+    same = by_name["detectron2 DefaultPredictor, config size"]
+    assert same["speedup_same_size"] == 1.0 and same["equal_AP"]
+    assert not rows[0]["equal_AP"]  # 800 px
+    for r in rows:
+        within = all(abs(r[k] - same[k]) <= 0.5 for k in ("bbox_AP", "bbox_AP50", "segm_AP",
+                                                          "segm_AP50"))
+        assert r["equal_AP"] == (r["size"] == same["size"] and within), r["variant"]
+    assert "int8" in by_name["BatchPredictor int8 backbone (ONNX Runtime), channels-last heads"][
+        "backbone_runtime"]
     assert result["evaluation"]["images"] == 3
     table = open(out / "benchmark.md").read()
     assert "Ratio tumorseg_d2 / Detectron2" in table and "GFLOP/s" in table

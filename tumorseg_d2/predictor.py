@@ -10,11 +10,7 @@ runs on the previous batch. An input that cannot be used (not an image, empty, 1
 channel, too large) raises InputImageError naming it and the fix, or with ``on_error="skip"`` gives
 ``{"error": message}`` in its place while the other inputs are predicted.
 """
-import contextlib
-import copy
-import io
 import os
-import warnings
 
 import numpy as np
 import torch
@@ -29,6 +25,7 @@ from .checkpoint import SafeCheckpointer, resolve_weights
 from .engine.amp import slow_bf16_warning
 from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
+from .modeling.onnx_backbone import RUNTIMES, use_onnxruntime_backbone
 from .modeling.tta import augmented_model
 from .predictions import from_instances, mask_and_scores
 
@@ -152,18 +149,32 @@ class _Images(Dataset):
                 "width": w, "index": i, "name": name}
 
 
+CALIBRATION_IMAGES = 64
+
+
+def calibration_sample(paths, count=CALIBRATION_IMAGES):
+    """``count`` of ``paths`` spread evenly over them (a dataset's slices come in patient order, so
+    the first ``count`` would calibrate on a few patients)."""
+    paths = list(paths)
+    if len(paths) <= count:
+        return paths
+    return [paths[round(k * (len(paths) - 1) / (count - 1))] for k in range(count)]
+
+
 class BatchPredictor:
     """Loads ``cfg.MODEL.WEIGHTS`` once; calling it runs batched inference."""
 
     def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
-                 channels_last=True, backbone_runtime="torch"):
+                 channels_last=True, backbone_runtime="torch", calibration_images=()):
         """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
         are still decoded in fp32); ``channels_last`` stores the model's convolution weights NHWC
         (same results; the default, as it was the fastest fp32 setting measured);
         ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
-        as an ONNX Runtime session exported at start-up. tools/benchmark.py measures each
-        (README, Performance). bf16 pays only on CPUs with native bfloat16
-        (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
+        as an ONNX Runtime session exported at start-up, and ``"onnxruntime-int8"`` that session
+        quantized to int8, its activation ranges calibrated on ``calibration_images`` (paths or
+        arrays, as for prediction; training images, a few dozen).
+        tools/benchmark.py measures each (README, Performance). bf16 pays only on CPUs with
+        native bfloat16 (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error is {on_error!r}; use 'raise' or 'skip'.")
         if precision not in PRECISIONS:
@@ -175,14 +186,30 @@ class BatchPredictor:
         SafeCheckpointer(self.model, same_classes=True).load(resolve_weights(cfg.MODEL.WEIGHTS))
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if backbone_runtime not in RUNTIMES:
+            raise ValueError(f"backbone_runtime is {backbone_runtime!r}; use one of {RUNTIMES}.")
+        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)
-        elif backbone_runtime != "torch":
-            raise ValueError(f"backbone_runtime is {backbone_runtime!r}; use 'torch' or "
-                             "'onnxruntime'.")
+        elif backbone_runtime == "onnxruntime-int8":
+            if not len(calibration_images):
+                raise ValueError("backbone_runtime 'onnxruntime-int8' calibrates the int8 ranges "
+                                 "on images: pass calibration_images (a few dozen training "
+                                 "slices).")
+            use_onnxruntime_backbone(self.model,
+                                     calibration_inputs=self._backbone_inputs(calibration_images))
         self.model = augmented_model(self.cfg, self.model)  # TEST.AUG, when enabled
-        self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         self.batch_size, self.num_workers = batch_size, num_workers
+
+    def _backbone_inputs(self, images):
+        """Each image as the backbone sees it (resized, normalized, padded), one at a time."""
+        prepared = _Images(list(images), self.cfg.INPUT.FORMAT, self.resize)
+        for k in range(len(prepared)):
+            x = prepared[k]
+            if "error" in x:
+                raise InputImageError(f"calibration image: {x['error']}")
+            with torch.inference_mode():
+                yield self.model.preprocess_image([x]).tensor
 
     def batches(self, images):
         loader = DataLoader(_Images(list(images), self.cfg.INPUT.FORMAT, self.resize),
@@ -263,52 +290,6 @@ class BatchPredictor:
         if probability:
             result["probability"] = out["probability"].numpy().astype(np.float32)
         return result
-
-
-class _BackboneOutputs(torch.nn.Module):
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images):
-        return tuple(self.backbone(images).values())
-
-
-def use_onnxruntime_backbone(model, threads=None):
-    """Replace ``model.backbone``'s forward by an ONNX Runtime session of it (batch, height and
-    width dynamic); the heads stay in torch. The export traces a copy: tracing may update
-    batch-norm statistics."""
-    import onnxruntime  # imported here: a second of start-up that only this option needs
-
-    backbone = getattr(model, "backbone", None)
-    if backbone is None:
-        raise ValueError(f"backbone_runtime 'onnxruntime' needs a model with a backbone (Mask "
-                         f"R-CNN); {type(model).__name__} has none: use backbone_runtime 'torch'.")
-    names = list(backbone.output_shape())
-    example = torch.zeros(1, 3, 64, 64, device=model.device)
-    buffer = io.BytesIO()
-    with quiet_tracing():
-        torch.onnx.export(_BackboneOutputs(copy.deepcopy(backbone)).eval(), (example,), buffer,
-                          dynamo=False, opset_version=17, input_names=["images"],
-                          output_names=names,
-                          dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    session = onnxruntime.InferenceSession(buffer.getvalue(), options,
-                                           providers=["CPUExecutionProvider"])
-
-    def forward(images):
-        outputs = session.run(names, {"images": images.detach().float().cpu().numpy()})
-        return {n: torch.from_numpy(o).to(images.device) for n, o in zip(names, outputs)}
-    backbone.forward = forward
-    return model
-
-
-@contextlib.contextmanager
-def quiet_tracing():
-    with warnings.catch_warnings():  # the tracer warns at every data-dependent shape or branch
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _float32(output):

@@ -30,7 +30,8 @@ from ..evaluation.coco import coco_metrics
 from ..evaluation.pipeline import evaluate_predictions
 from ..files import write_json
 from ..predictions import dataset_category_ids, from_instances, to_coco_results, to_instances
-from ..predictor import BatchPredictor, quiet_tracing
+from ..modeling.onnx_backbone import quiet_tracing
+from ..predictor import CALIBRATION_IMAGES, BatchPredictor, calibration_sample
 from ..tables import fmt_value, markdown_table
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,10 @@ def inference_variants(cfg):
     size = cfg.INPUT.MIN_SIZE_TEST
     batch = {"runner": "BatchPredictor", "size": size, "batch": 4, "workers": 2,
              "channels_last": False}
+    # Without native bf16 a reference kernel runs many times slower than fp32 (the training
+    # section times it): not worth 215 images.
+    bf16 = [("BatchPredictor bf16", dict(batch, precision="bf16"))] if (
+        torch.device(cfg.MODEL.DEVICE).type != "cpu" or native_bf16_on_cpu()) else []
     return [
         ("detectron2 DefaultPredictor, model-zoo size (reference)",
          {"runner": "DefaultPredictor", "size": ZOO_MIN_SIZE_TEST, "max_size": ZOO_MAX_SIZE_TEST}),
@@ -263,9 +268,17 @@ def inference_variants(cfg):
          {"runner": "DefaultPredictor", "size": size, "max_size": cfg.INPUT.MAX_SIZE_TEST}),
         ("BatchPredictor fp32", dict(batch)),
         ("BatchPredictor fp32 channels-last", dict(batch, channels_last=True)),
-        ("BatchPredictor bf16", dict(batch, precision="bf16")),
+        *bf16,
         ("BatchPredictor fp32, ONNX Runtime backbone", dict(batch, backbone_runtime="onnxruntime")),
+        ("BatchPredictor int8 backbone (ONNX Runtime), channels-last heads",
+         dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
+              calibration_images=CALIBRATION_IMAGES)),
     ]
+
+
+# "Equal AP" (issue #20): each of these within this many points of fp32 at the same size.
+EQUAL_AP_KEYS, EQUAL_AP_POINTS = ("bbox_AP", "bbox_AP50", "segm_AP", "segm_AP50"), 0.5
+SAME_SIZE_REFERENCE = 1  # inference_variants' DefaultPredictor at the config's size
 
 
 def _with_test_size(cfg, size, max_size):
@@ -287,11 +300,16 @@ def default_predictor_runner(cfg, settings):
 
 
 def batch_predictor_runner(cfg, settings):
+    # int8 is calibrated on training slices, never on the split it is measured on.
+    calibration = calibration_sample(
+        [r["file_name"] for r in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])],
+        settings["calibration_images"]) if settings.get("calibration_images") else ()
     predictor = BatchPredictor(_with_test_size(cfg, settings["size"], cfg.INPUT.MAX_SIZE_TEST),
                                batch_size=settings["batch"], num_workers=settings["workers"],
                                precision=settings.get("precision", "fp32"),
                                channels_last=settings["channels_last"],
-                               backbone_runtime=settings.get("backbone_runtime", "torch"))
+                               backbone_runtime=settings.get("backbone_runtime", "torch"),
+                               calibration_images=calibration)
 
     def run(records):
         return predictor([r["file_name"] for r in records], masks="rle")
@@ -336,9 +354,13 @@ def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs
                      "limit_gflops": limit, "achieved_over_limit": achieved / limit})
         preds_of[name] = preds
         del run, model
-    reference = rows[0]["images_per_s"]
+    reference, same_size = rows[0], rows[SAME_SIZE_REFERENCE]
     for row in rows:
-        row["speedup"] = row["images_per_s"] / reference
+        row["speedup"] = row["images_per_s"] / reference["images_per_s"]
+        row["speedup_same_size"] = row["images_per_s"] / same_size["images_per_s"]
+        row["AP_change_same_size"] = {k: row[k] - same_size[k] for k in EQUAL_AP_KEYS}
+        row["equal_AP"] = row["size"] == same_size["size"] and all(
+            abs(d) <= EQUAL_AP_POINTS for d in row["AP_change_same_size"].values())
     return rows, preds_of
 
 
@@ -472,15 +494,23 @@ def markdown(result):
         lines += [f"Inference on {result['dataset']} (reading and decoding the files and encoding "
                   "the masks as RLE included; peak memory of this process and its workers):", "",
                   markdown_table(
-                      ["variant", "px", "images/s", "s/image", "speed-up", "peak MiB", "bbox AP",
-                       "bbox AP50", "segm AP", "achieved GFLOP/s", "/ limit"],
+                      ["variant", "px", "images/s", "s/image", "speed-up", "same size",
+                       "peak MiB", "bbox AP", "bbox AP50", "segm AP", "segm AP50", "equal AP",
+                       "achieved GFLOP/s", "/ limit"],
                       [[r["variant"], str(r["size"]), fmt_value(r["images_per_s"], digits=2),
                         fmt_value(r["seconds_per_image"], digits=3), f"{r['speedup']:.2f}x",
-                        f"{r['peak_memory_mib']:.0f}", fmt_value(r["bbox_AP"], digits=1),
-                        fmt_value(r["bbox_AP50"], digits=1), fmt_value(r["segm_AP"], digits=1),
+                        f"{r['speedup_same_size']:.2f}x", f"{r['peak_memory_mib']:.0f}",
+                        fmt_value(r["bbox_AP"], digits=1), fmt_value(r["bbox_AP50"], digits=1),
+                        fmt_value(r["segm_AP"], digits=1), fmt_value(r["segm_AP50"], digits=1),
+                        "yes" if r["equal_AP"] else "no",
                         fmt_value(r["achieved_gflops"], digits=0),
                         f"{100 * r['achieved_over_limit']:.0f}% of {r['precision']}"]
-                       for r in rows]), ""]
+                       for r in rows]), "",
+                  *([] if m["native_bf16"] or "bf16" in {r["precision"] for r in rows} else
+                    ["bf16 not timed: this CPU has no native bfloat16.", ""]),
+                  f"Speed-up: against the first row; same size: against DefaultPredictor at the "
+                  f"config's size. Equal AP: bbox and segm AP and AP50 each within "
+                  f"{EQUAL_AP_POINTS} point of DefaultPredictor at the same size.", ""]
     if "evaluation" in result:
         e = result["evaluation"]
         names = [k for k in e if isinstance(e[k], dict)]

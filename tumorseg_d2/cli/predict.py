@@ -28,7 +28,9 @@ from ..engine.run import setup
 from ..evaluation.volumes import volume_report
 from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from ..predictions import above, dataset_category_ids, to_coco_results
-from ..predictor import BatchPredictor, predict_volume, read_input_image
+from ..modeling.onnx_backbone import RUNTIMES
+from ..predictor import (CALIBRATION_IMAGES, BatchPredictor, calibration_sample, predict_volume,
+                         read_input_image)
 from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -45,8 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier tumorseg predict run in --output")
-    p.add_argument("--backbone-runtime", choices=("torch", "onnxruntime"), default="torch",
-                   help="onnxruntime: run ResNet+FPN in ONNX Runtime (README, Performance)")
+    p.add_argument("--backbone-runtime", choices=RUNTIMES, default="torch",
+                   help="onnxruntime: run ResNet+FPN in ONNX Runtime; onnxruntime-int8: that, "
+                        "quantized to int8 (needs --calibrate-on; README, Performance)")
+    p.add_argument("--calibrate-on", nargs="+", metavar="IMAGES",
+                   help="folders, globs or files of training images that calibrate the int8 "
+                        f"backbone ({CALIBRATION_IMAGES} of them, spread evenly, are used)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16")
     volumes = p.add_argument_group("volumes (NIfTI, DICOM)")
@@ -151,6 +157,12 @@ def predict_volume_to(predictor, path, args, meta, output):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.backbone_runtime == "onnxruntime-int8" and not args.calibrate_on:
+        raise SystemExit("--backbone-runtime onnxruntime-int8 calibrates its int8 ranges on "
+                         "training images: add --calibrate-on FOLDER (your training slices, e.g. "
+                         "datasets/tumorseg/train).")
+    calibration = calibration_sample(p for p in expand_inputs(args.calibrate_on or [])
+                                     if not is_volume_path(p))
     inputs = expand_inputs(args.input)
     volumes = [p for p in inputs if is_volume_path(p)]
     paths = [p for p in inputs if p not in volumes]
@@ -162,7 +174,8 @@ def main(argv=None):
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     category_ids = dataset_category_ids(meta)
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
-                               backbone_runtime=args.backbone_runtime, precision=args.precision)
+                               backbone_runtime=args.backbone_runtime, precision=args.precision,
+                               calibration_images=calibration)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):
