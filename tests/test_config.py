@@ -54,6 +54,8 @@ def test_bad_values_are_rejected_with_the_key():
         load(SCRATCH_CFG, "SOLVER.OPTIMIZER", "RMSPROP")
     with pytest.raises(ValueError, match="TEST.BEST_MODE"):
         load(SCRATCH_CFG, "TEST.BEST_MODE", "largest")
+    with pytest.raises(ValueError, match="SOLVER.CHECKPOINTS_TO_KEEP is -1"):
+        load(SCRATCH_CFG, "SOLVER.CHECKPOINTS_TO_KEEP", "-1")
     with pytest.raises(ValueError, match="Unknown config key SOLVER.BASE_RL.*SOLVER.BASE_LR"):
         load(SCRATCH_CFG, "SOLVER.BASE_RL", "1")
     with pytest.raises(FileNotFoundError, match="no-such.yaml"):

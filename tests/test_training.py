@@ -28,8 +28,11 @@ def test_train_resume_and_eval_only_on_real_data(real_root, tmp_path):
               "TEST.VAL_LOSS", "False", "TEST.DETECTIONS_PER_IMAGE", "10"]  # quick to score
     # No validation pass (429 real slices, most of the time): the test split is what is checked.
     first = run_tool("train_net.py", *common, "SOLVER.MAX_ITER", "4", "DATASETS.VAL", "()",
-                     "TEST.BEST_METRIC", "")
+                     "TEST.BEST_METRIC", "", "SOLVER.CHECKPOINTS_TO_KEEP", "1")
     assert first.returncode == 0, first.stderr[-3000:]
+    # Only the most recent periodic checkpoint is kept (iterations 1 and 3 were saved).
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == [
+        "model_0000003.pth", "model_final.pth"]
     test_metrics = json.load(open(os.path.join(out, "inference", "tumorseg_test", "metrics.json")))
     for task in ("bbox", "segm"):
         assert {"AP", "AP50", "AP75", "APs", "APm", "APl", "AP50-0", "AP50-1"} <= set(test_metrics[task])

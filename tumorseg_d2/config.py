@@ -17,6 +17,9 @@ def add_tumorseg_config(cfg):
     # Optimizer: "SGD" (Detectron2's), "ADAM" or "ADAMW". BETAS apply to Adam and AdamW.
     cfg.SOLVER.OPTIMIZER = "SGD"
     cfg.SOLVER.BETAS = (0.9, 0.999)
+    # Periodic checkpoints (model_<iter>.pth) kept on disk: the most recent N (0: all, as
+    # Detectron2). model_best.pth and model_final.pth are never deleted.
+    cfg.SOLVER.CHECKPOINTS_TO_KEEP = 0
     # Root of the TumorSeg export; empty: $DETECTRON2_DATASETS/tumorseg, else datasets/tumorseg.
     cfg.DATASETS.TUMORSEG_ROOT = ""
     # A dataset registered by name from this config (tumorseg_d2/data/sources.py, README "Your
@@ -98,6 +101,9 @@ def validate_config(cfg):
             raise ValueError(f"{key} is {value}; it must be positive.")
     if cfg.DATASETS.CHECK not in ("refuse", "warn", "off"):
         raise ValueError(f"DATASETS.CHECK is {cfg.DATASETS.CHECK!r}; use 'refuse', 'warn' or 'off'.")
+    if cfg.SOLVER.CHECKPOINTS_TO_KEEP < 0:
+        raise ValueError(f"SOLVER.CHECKPOINTS_TO_KEEP is {cfg.SOLVER.CHECKPOINTS_TO_KEEP}; use 0 "
+                         "(keep every checkpoint) or the number of recent ones to keep.")
     if cfg.MODEL.PIXEL_SEG.LOSS.upper() not in LOSSES:
         raise ValueError(f"MODEL.PIXEL_SEG.LOSS is {cfg.MODEL.PIXEL_SEG.LOSS!r}; use one of {LOSSES}.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):

@@ -152,6 +152,8 @@ class Trainer(DefaultTrainer):
             extra.append(EarlyStopping(period, cfg.TEST.BEST_METRIC, cfg.TEST.EARLY_STOP_PATIENCE,
                                        cfg.TEST.BEST_MODE))
         ret[at:at + 1] = extra
+        for saver in (h for h in ret if isinstance(h, hooks.PeriodicCheckpointer)):
+            saver.max_to_keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP or None
         return checkpoint_last(ret)
 
     def validate(self, val_cfg):
