@@ -188,3 +188,28 @@ def test_backbone_only_weights_still_load():
     assert incompatible.missing_keys  # FPN and heads stay as initialised
     assert torch.equal(target.state_dict()["backbone.bottom_up.stem.conv1.weight"],
                        backbone["backbone.bottom_up.stem.conv1.weight"])
+
+
+def test_a_new_training_never_overwrites_a_finished_run(phantom_root, tmp_path):
+    """Without --resume, a folder that holds a run's checkpoints is refused before anything is
+    written (Detectron2 would overwrite its checkpoints, config and metrics.json)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    files = {"last_checkpoint": "model_final.pth", "config.yaml": "MODEL: {}\n",
+             "metrics.json": '{"iteration": 9}\n'}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    proc = run_tool("train_net.py", "--config-file", SCRATCH_CFG, *TINY,
+                    "DATASETS.TUMORSEG_ROOT", phantom_root, "OUTPUT_DIR", str(run))
+    assert proc.returncode != 0
+    assert f"OUTPUT_DIR {run} already holds a training run" in proc.stderr
+    assert "Continue it with --resume" in proc.stderr
+    assert {p.name: p.read_text() for p in run.iterdir()} == files
+
+    demo = tmp_path / "demo"
+    (demo / "train").mkdir(parents=True)
+    (demo / "train" / "last_checkpoint").write_text("model_final.pth")
+    proc = run_tool("demo.py", "--phantom", "--output", str(demo))
+    assert proc.returncode != 0
+    assert f"{demo} holds an earlier demo run" in proc.stderr
+    assert sorted(p.name for p in demo.rglob("*")) == ["last_checkpoint", "train"]

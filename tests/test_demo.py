@@ -18,6 +18,13 @@ def test_demo_learns_the_phantom_and_draws_predictions(phantom_demo):
     # Learnable: a short run gets clearly above chance on both tasks.
     assert metrics["bbox"]["AP50"] > 30, metrics["bbox"]
     assert metrics["segm"]["AP50"] > 30, metrics["segm"]
+    # The full report of the test split comes with every training, from the same detections.
+    report = json.load(open(out / "train" / "evaluation" / "tumorseg_test" / "metrics.json"))
+    assert report["coco"]["bbox"]["AP50"] == metrics["bbox"]["AP50"]
+    assert report["bootstrap"]["figures"]["bbox AP50"]["low"] is not None
+    assert report["leak_free"] is not None
+    assert "95% intervals (" in proc.stdout
+    assert os.path.isfile(out / "train" / "evaluation" / "tumorseg_test" / "report.md")
 
     pictures = sorted(p for p in os.listdir(out / "predictions") if p[0].isdigit())
     assert len(pictures) == 8

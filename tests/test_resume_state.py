@@ -36,7 +36,7 @@ def train(phantom_root, out, monkeypatch, values, kill_at=None, resume=False, **
             "TEST.BEST_METRIC", "segm/AP50", "DATASETS.TEST", "()"]
     for k, v in keys.items():
         opts += [k.replace("__", "."), str(v)]
-    cfg = setup(SCRATCH_CFG, opts, training=True)
+    cfg = setup(SCRATCH_CFG, opts, training=True, resume=resume)
     monkeypatch.setattr(Trainer, "test", scripted(values))
     if kill_at is not None:
         run_step = Trainer.run_step

@@ -14,7 +14,8 @@ from ..data.datasets import SPLITS, default_root, split_paths
 from ..data.phantom import make_phantom_dataset
 from ..engine.run import final_weights, setup, train_and_test
 from ..evaluation.panels import visualize_split
-from ..evaluation.report import format_results
+from ..evaluation.report import format_results, summary_lines
+from ..files import load_json
 from .common import add_overrides, command_parser
 
 CONFIG = "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml"
@@ -55,6 +56,11 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    train_dir = os.path.join(args.output, "train")
+    if os.path.isfile(os.path.join(train_dir, "last_checkpoint")):
+        raise SystemExit(f"[demo] {args.output} holds an earlier demo run ({train_dir}), which a "
+                         f"new one would overwrite: delete {args.output} to run the demo again, "
+                         "or pass --output DIR to keep both.")
     root = None if args.phantom else find_real_data()
     if root:
         kind = "real"
@@ -68,7 +74,6 @@ def main(argv=None):
               f"phantom data set written to {os.path.abspath(root)} (see datasets/README.md for the "
               "real data)")
     iters = args.iters or ITERS[kind]
-    train_dir = os.path.join(args.output, "train")
     overrides = ["DATASETS.TUMORSEG_ROOT", root, "OUTPUT_DIR", train_dir,
                  *recipe_schedule(iters), "TEST.EVAL_PERIOD", str(max(iters // 2, 1)),
                  "SOLVER.CHECKPOINT_PERIOD", str(max(iters // 2, 1)),
@@ -82,7 +87,12 @@ def main(argv=None):
     visualize_split(cfg, cfg.DATASETS.TEST[0], pictures_dir, args.num_pictures, sort="random")
     print(f"\n[demo] {kind} data, {iters} iterations, test split, weights {weights}:\n")
     print(format_results(results))
-    print(f"\n[demo] metrics: {train_dir}/inference/{cfg.DATASETS.TEST[0]}/metrics.json")
+    test_name = cfg.DATASETS.TEST[0]
+    report_dir = os.path.join(train_dir, "evaluation", test_name)
+    print("\n".join(summary_lines(test_name, load_json(os.path.join(report_dir, "metrics.json")),
+                                  report_dir)))
+    print(f"\n[demo] metrics: {train_dir}/inference/{test_name}/metrics.json (COCO), "
+          f"{report_dir}/metrics.json (every figure, intervals, leak-free subset)")
     print(f"[demo] pictures: {pictures_dir}/ ({args.num_pictures} panels: image, truth, "
           "prediction, mask probability; contact_sheet.png)")
     print(f"[demo] finished in {time.time() - start:.0f} s")

@@ -20,8 +20,7 @@ from ..data.volumes import (AXES, DEFAULT_PERCENTILES, read_truth_mask, read_vol
 from ..engine.run import setup
 from ..engine.trainer import Trainer
 from ..evaluation.pipeline import dataset_for, evaluate_results, evaluate_split
-from ..evaluation.bootstrap import point_value
-from ..evaluation.report import interval_text
+from ..evaluation.report import summary_lines
 from ..evaluation.volumes import volume_figures
 from ..files import write_json
 from ..predictor import BatchPredictor, predict_volume
@@ -109,21 +108,5 @@ def main(argv=None):
 
 
 def print_summary(name, metrics, output):
-    summary = metrics["clinical"]["all classes"]
-    print(f"{name}: bbox AP50 {metrics['coco']['bbox']['AP50']:.2f}, segm AP50 "
-          f"{metrics['coco']['segm']['AP50']:.2f}, Dice {summary['dice_mean_per_image']:.3f} "
-          f"(per image), sensitivity {summary['sensitivity']:.3f} at threshold "
-          f"{metrics['score_threshold']}; report: {os.path.join(output, 'report.md')}")
-    boot = metrics["bootstrap"]
-    if boot.get("figures"):
-        print(f"{boot['level']:.0%} intervals ({boot['units']} {boot['unit']}s resampled): " +
-              ", ".join(f"{f} {interval_text(f, boot['figures'][f])}" for f in
-                        ("bbox AP50", "segm AP50", "Dice", "lesion sensitivity",
-                         "slice specificity", "patient Dice")))
-    free = metrics["leak_free"]
-    if free and free["leaking_images"]:
-        figures = (free["bootstrap"] or {}).get("figures") or {}
-        print(f"Leak-free subset ({free['images']} of {metrics['images']} slices): " + ", ".join(
-            f"{f} {interval_text(f, figures.get(f) or {'value': point_value(free, f)})}"
-            for f in ("bbox AP50", "segm AP50", "Dice")))
+    print("\n".join(summary_lines(name, metrics, output)))
     return metrics

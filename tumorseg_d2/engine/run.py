@@ -16,25 +16,28 @@ from ..data import register_datasets
 from ..data.check import check_at_start
 from ..files import (lock_folder, refuse_output_in_training_run, training_run_of,
                      write_json)
-from ..modeling.tta import augmented_model
+from ..evaluation.pipeline import evaluate_results
+from ..evaluation.report import summary_lines
+from ..modeling.tta import augmentation_text, augmented_model
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
 
 
-def setup(config_file, opts=(), *, training=False, weights=None, check=None, output=None,
-          args=None):
+def setup(config_file, opts=(), *, training=False, resume=False, weights=None, check=None,
+          output=None, args=None):
     """The config of a command, from a config file and KEY VALUE overrides (``weights``: sets
     MODEL.WEIGHTS); datasets registered and checked (``check``: the names to check; default: those
     the run reads); logging set up. ``args``: the command line, which Detectron2's default_setup
     logs (made from the values above when not given).
 
-    Training (``training=True``) writes into OUTPUT_DIR. Anything else writes into ``output``, a
+    Training (``training=True``) writes into OUTPUT_DIR, which must not hold another run's
+    checkpoints unless it continues that run (``resume``, or ``args.resume``). Anything else writes into ``output``, a
     command's own folder, or else into OUTPUT_DIR, and never into a training run's folder: when
     OUTPUT_DIR is one (the evaluated run's own config), ``<OUTPUT_DIR>-eval`` is used instead."""
     opts = (["MODEL.WEIGHTS", weights] if weights else []) + list(opts)
     args = args or argparse.Namespace(config_file=config_file, opts=opts, eval_only=not training,
-                                      resume=False)
+                                      resume=resume)
     cfg = merge_config(get_tumorseg_cfg(), config_file, opts)
     validate_config(cfg)
     if training:
@@ -50,6 +53,8 @@ def setup(config_file, opts=(), *, training=False, weights=None, check=None, out
     register_datasets(cfg)
     check_num_classes(cfg)
     check_output_dir(cfg.OUTPUT_DIR)
+    if training and not getattr(args, "resume", resume):
+        refuse_new_training_over(cfg.OUTPUT_DIR)
     # One training per folder: a second would mix checkpoints and report the other's model.
     stale = lock_folder(cfg.OUTPUT_DIR) if training and comm.is_main_process() else None
     default_setup(cfg, args)
@@ -103,6 +108,20 @@ def check_output_dir(path):
                       "OUTPUT_DIR to a folder you can write, e.g. OUTPUT_DIR output/run1.") from e
 
 
+def refuse_new_training_over(output_dir):
+    """A new training (no --resume) in a folder that holds another run's checkpoints would
+    overwrite them, its config.yaml and its metrics.json: refuse before writing anything."""
+    last = os.path.join(output_dir, "last_checkpoint")
+    if os.path.isfile(last):
+        with open(last) as f:
+            checkpoint = f.read().strip()
+        raise FileExistsError(
+            f"OUTPUT_DIR {output_dir} already holds a training run (last checkpoint: "
+            f"{checkpoint}); a new training there would overwrite its checkpoints, config.yaml "
+            "and metrics.json. Continue it with --resume, set OUTPUT_DIR to another folder, or "
+            "delete the folder first.")
+
+
 def final_weights(output_dir):
     """The checkpoint to report: the best on validation if one was kept, else the last."""
     for name in ("model_best.pth", "model_final.pth"):
@@ -146,7 +165,7 @@ def train_and_test(cfg, eval_only=False, resume=False):
         SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).resume_or_load(
             resolve_weights(cfg.MODEL.WEIGHTS), resume=resume
         )
-        return Trainer.test(cfg, augmented_model(cfg, model))
+        return test_and_report(cfg, model)
 
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=resume)
@@ -161,4 +180,21 @@ def train_and_test(cfg, eval_only=False, resume=False):
     logger.info(f"Evaluating {weights} on {', '.join(cfg.DATASETS.TEST)}")
     model = trainer.model
     SafeCheckpointer(model, save_dir=cfg.OUTPUT_DIR, same_classes=True).load(weights)
-    return Trainer.test(cfg, augmented_model(cfg, model))
+    return test_and_report(cfg, model)
+
+
+def test_and_report(cfg, model):
+    """Trainer.test on DATASETS.TEST (Detectron2's figures, ``inference/<split>/``), then the full
+    report of ``tumorseg evaluate`` (clinical figures, intervals, leak-free subset, plots:
+    ``evaluation/<split>/``) from the detections the test saved, so no second inference."""
+    augmentation = augmentation_text(cfg, model)
+    results = Trainer.test(cfg, augmented_model(cfg, model))
+    if not (comm.is_main_process() and cfg.MODEL.MASK_ON):  # the report scores masks
+        return results
+    for name in cfg.DATASETS.TEST:
+        detections = os.path.join(cfg.OUTPUT_DIR, "inference", name, "coco_instances_results.json")
+        output = os.path.join(cfg.OUTPUT_DIR, "evaluation", name)
+        metrics, _ = evaluate_results(cfg, detections, name, output,
+                                      augmentation=augmentation)
+        logger.info("\n".join(summary_lines(name, metrics, output)))
+    return results

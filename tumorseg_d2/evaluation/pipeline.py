@@ -135,9 +135,11 @@ def honest_figures(dataset_name, references, settings, gt, results, classes, cla
     return out
 
 
-def evaluate_results(cfg, results_file, dataset_name, output_dir, threshold=0.5):
-    """Evaluate another tool's COCO results json for a registered split exactly as a model's
-    predictions (:func:`evaluate_predictions`); returns (metrics, prediction records)."""
+def evaluate_results(cfg, results_file, dataset_name, output_dir, threshold=0.5,
+                     augmentation=None):
+    """Evaluate a COCO results json for a registered split (another tool's, or the detections a
+    training's test saved) exactly as a model's predictions (:func:`evaluate_predictions`);
+    returns (metrics, prediction records)."""
     if not os.path.isfile(results_file):
         raise FileNotFoundError(f"{results_file} does not exist: give the COCO results json "
                                 "(a list of detections) that the other tool wrote for the split.")
@@ -149,7 +151,7 @@ def evaluate_results(cfg, results_file, dataset_name, output_dir, threshold=0.5)
                 f"{len(records)} images of {dataset_name}")
     return evaluate_predictions(preds, dataset_name, output_dir, threshold,
                                 f"fixed; predictions from {results_file}",
-                                reference_datasets(cfg), Settings.of(cfg)), preds
+                                reference_datasets(cfg), Settings.of(cfg), augmentation), preds
 
 
 def evaluate_split(cfg, model, dataset_name, output_dir, threshold=0.5, threshold_from=None):

@@ -29,7 +29,9 @@ def format_results(results):
         table += ("\nnan: no ground truth of that class or size in the split (APs: area < 32^2 px, "
                   "APm: 32^2-96^2, APl: > 96^2), so the figure is undefined.")
     if overlap:
-        table += "\nAt score >= 0.5: " + ", ".join(f"{k} {v:.2f}%" for k, v in overlap.items()) \
+        # specificity needs tumor-free slices and patient_Dice patient ids: else undefined (NaN).
+        defined = {k: v for k, v in overlap.items() if v is not None and not math.isnan(v)}
+        table += "\nAt score >= 0.5: " + ", ".join(f"{k} {v:.2f}%" for k, v in defined.items()) \
             + " (Dice and IoU: mean per image with a tumor; sensitivity: tumors found)."
     return table
 
@@ -134,6 +136,32 @@ def patient_section(metrics):
         [[fmt_value(r[k]) for k in ("patient_id", "slices", "tumor_slices", "tumors", "found",
                                      "detections", "volumetric_dice", "slice_dice_mean",
                                      "true_volume_px", "predicted_volume_px")] for r in rows]), ""]
+    return lines
+
+
+def summary_lines(name, metrics, output):
+    """The console summary of an evaluation: headline figures at the threshold, their intervals
+    and the leak-free subset's (what ``tumorseg evaluate`` prints and training logs)."""
+    summary = metrics["clinical"]["all classes"]
+    lines = [f"{name}: bbox AP50 {metrics['coco']['bbox']['AP50']:.2f}, segm AP50 "
+             f"{metrics['coco']['segm']['AP50']:.2f}, Dice {summary['dice_mean_per_image']:.3f} "
+             f"(per image), sensitivity {summary['sensitivity']:.3f} at threshold "
+             f"{metrics['score_threshold']}; report: {os.path.join(output, 'report.md')}"]
+    boot = metrics["bootstrap"]
+    if boot.get("figures"):
+        # Undefined figures (no tumor-free slice, no patient ids) are left to report.md.
+        texts = [f"{f} {interval_text(f, boot['figures'][f])}" for f in
+                 ("bbox AP50", "segm AP50", "Dice", "lesion sensitivity", "slice specificity",
+                  "patient Dice") if (boot["figures"].get(f) or {}).get("value") is not None]
+        lines.append(f"{boot['level']:.0%} intervals ({boot['units']} {boot['unit']}s resampled; "
+                     "AP of any tumor, class-agnostic): " + ", ".join(texts))
+    free = metrics["leak_free"]
+    if free and free["leaking_images"]:
+        figures = (free["bootstrap"] or {}).get("figures") or {}
+        texts = [f"{f} {interval_text(f, figures.get(f) or {'value': point_value(free, f)})}"
+                 for f in ("bbox AP50", "segm AP50", "Dice")]
+        lines.append(f"Leak-free subset ({free['images']} of {metrics['images']} slices): "
+                     + ", ".join(texts))
     return lines
 
 
