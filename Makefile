@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tumorseg-env
 
-.PHONY: env demo test baselines recipe benchmark yolo-env yolo clean-env
+.PHONY: env demo test baselines recipe benchmark gpu-bundle yolo-env yolo clean-env
 
 env: $(STAMP)
 
@@ -39,6 +39,10 @@ recipe: env
 # Side by side with plain Detectron2; uses the recipe's weights when `make recipe` has run.
 benchmark: env
 	$(PY) tools/benchmark.py $(ARGS)
+
+# What a GPU machine without a registry needs (README "On a GPU"): wheels and a data subset in .gpu/.
+gpu-bundle: env
+	$(PY) install/gpu_bundle.py --data $${DETECTRON2_DATASETS:-datasets}/tumorseg $(ARGS)
 
 # The other side of the fair fight (README "Side by side with Ultralytics YOLO"): Ultralytics in
 # an environment of its own, so that it never changes the toolkit's packages.

@@ -15,7 +15,10 @@ fails while compiling. This script, run with the interpreter of the target envir
 5. builds a ``detectron2`` wheel with a minimal setup.py and installs it with ``--no-deps`` (the
    dependencies come from requirements.lock).
 
-Usage:  python install/install_detectron2.py [--force] [--cache-dir DIR]
+Usage:  python install/install_detectron2.py [--force] [--cache-dir DIR] [--wheel-dir DIR]
+
+``--wheel-dir DIR`` builds the wheel into DIR and installs nothing: the wheel is pure Python, so it
+installs on another machine and Python (install/gpu_bundle.py carries it to a GPU machine).
 """
 import argparse
 import importlib.util
@@ -153,7 +156,8 @@ def patch_sources(src):
     shutil.copy(SHIM, os.path.join(src, "detectron2", "_C.py"))
 
 
-def build_and_install(sdist, workdir):
+def build_wheel(sdist, workdir, wheel_dir):
+    """Path of the patched wheel built from ``sdist`` into ``wheel_dir``."""
     with tarfile.open(sdist) as tar:
         tar.extractall(workdir, filter="data")
     src = os.path.join(workdir, "pb1-detectron2-0.6")
@@ -163,12 +167,17 @@ def build_and_install(sdist, workdir):
     for stale in ("setup.cfg", "pb1_detectron2.egg-info"):
         path = os.path.join(src, stale)
         shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    wheel_dir = os.path.join(workdir, "wheel")
-    pip = [sys.executable, "-m", "pip"]
-    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheel_dir, src],
-                   check=True)
-    (wheel,) = [os.path.join(wheel_dir, w) for w in os.listdir(wheel_dir)]
-    subprocess.run(pip + ["install", "--no-deps", "--force-reinstall", "-q", wheel], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", wheel_dir, src], check=True)
+    wheels = [os.path.join(wheel_dir, w) for w in os.listdir(wheel_dir)
+              if w.startswith("detectron2-") and w.endswith(".whl")]
+    return max(wheels, key=os.path.getmtime)
+
+
+def build_and_install(sdist, workdir):
+    wheel = build_wheel(sdist, workdir, os.path.join(workdir, "wheel"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", "-q",
+                    wheel], check=True)
     log(f"installed {os.path.basename(wheel)}")
 
 
@@ -176,7 +185,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if detectron2 works")
     parser.add_argument("--cache-dir", default=os.path.join(REPO_ROOT, ".cache", "detectron2"))
+    parser.add_argument("--wheel-dir", help="build the wheel into this folder; install nothing")
     args = parser.parse_args()
+
+    if args.wheel_dir:
+        os.makedirs(args.wheel_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory() as workdir:
+            wheel = build_wheel(download_sdist(args.cache_dir), workdir, args.wheel_dir)
+        log(f"built {wheel}")
+        return
 
     found = installed_detectron2()
     if found and "+tumorseg." in found[0] and not found[1]:

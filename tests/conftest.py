@@ -9,10 +9,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 SCRATCH_CFG = os.path.join(CONFIGS, "mask_rcnn_R_18_FPN_scratch_cpu.yaml")
 RECIPE_CFG = os.path.join(CONFIGS, "mask_rcnn_R_50_FPN_3x_adam.yaml")
+# The device of the tests that only need the pipeline to run: the CPU, or on a GPU machine
+# TUMORSEG_TEST_DEVICE=cuda (install/gpu_session.sh check), so that they take the CUDA paths.
+TEST_DEVICE = os.environ.get("TUMORSEG_TEST_DEVICE", "cpu")
 # Small and fast: the scratch config at 160 px, for tests that only need the pipeline to run.
 TINY = ["INPUT.MIN_SIZE_TRAIN", "(160,)", "INPUT.MAX_SIZE_TRAIN", "160", "INPUT.MIN_SIZE_TEST",
         "160", "INPUT.MAX_SIZE_TEST", "160", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.WARMUP_ITERS",
-        "2", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", "cpu"]
+        "2", "DATALOADER.NUM_WORKERS", "0", "MODEL.DEVICE", TEST_DEVICE]
 # One fingerprint cache for the session (its tools too): shared by the tests, never the user's.
 os.environ["TUMORSEG_CACHE"] = tempfile.mkdtemp(prefix="tumorseg-test-cache-")
 

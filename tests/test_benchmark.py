@@ -15,7 +15,7 @@ from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.engine.amp import native_bf16_on_cpu
 from tumorseg_d2.predictor import BatchPredictor, calibration_sample
 
-from conftest import CONFIGS, SCRATCH_CFG, TINY, predictor_cfg, run_tool
+from conftest import CONFIGS, SCRATCH_CFG, TEST_DEVICE, TINY, predictor_cfg, run_tool
 
 CPU_RECIPE = os.path.join(CONFIGS, "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml")
 
@@ -41,13 +41,14 @@ def test_onnxruntime_backbone_and_channels_last_give_the_plain_fp32_detections(c
             assert (r["masks"] != ref["masks"]).mean() < 1e-3, options
 
 
-def test_bf16_finds_the_fp32_tumors(checkpoint):
+@pytest.mark.parametrize("precision", ["bf16", "bf16-backbone"])
+def test_bf16_finds_the_fp32_tumors(checkpoint, precision):
     """bfloat16 keeps 8 bits of mantissa: scores and boxes move a little, but every confident
     fp32 detection is still found at the detection criterion (box IoU >= 0.5)."""
     weights, root = checkpoint
     files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
     cfg = predictor_cfg(weights)
-    pairs = zip(BatchPredictor(cfg)(files), BatchPredictor(cfg, precision="bf16")(files))
+    pairs = zip(BatchPredictor(cfg)(files), BatchPredictor(cfg, precision=precision)(files))
     confident = 0
     for ref, r in pairs:
         assert r["boxes"].dtype == np.float32 and r["scores"].dtype == np.float32
@@ -55,6 +56,30 @@ def test_bf16_finds_the_fp32_tumors(checkpoint):
             confident += 1
             assert max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
     assert confident
+
+
+def test_bf16_backbone_computes_the_backbone_in_bf16_and_the_heads_in_fp32(checkpoint):
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))[:2]
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output is left as it is
+            seen.setdefault(name, (inputs[0], output))
+        return hook
+    predictor = BatchPredictor(predictor_cfg(weights), precision="bf16-backbone")
+    model = predictor.model
+    model.backbone.bottom_up.stem.conv1.register_forward_hook(record("first backbone conv"))
+    model.proposal_generator.rpn_head.conv.register_forward_hook(record("RPN conv"))
+    model.roi_heads.box_head.fc1.register_forward_hook(record("box head fc"))
+    model.roi_heads.mask_head.mask_fcn1.register_forward_hook(record("mask head conv"))
+    predictor(files)
+    assert seen["first backbone conv"][1].dtype == torch.bfloat16
+    for name in ("RPN conv", "box head fc", "mask head conv"):
+        assert seen[name][0].dtype == seen[name][1].dtype == torch.float32, name
+    with pytest.raises(ValueError, match="does not combine"):
+        BatchPredictor(predictor_cfg(weights), precision="bf16-backbone",
+                       backbone_runtime="onnxruntime")
 
 
 def test_int8_backbone_finds_the_fp32_tumors(checkpoint):
@@ -144,10 +169,11 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     assert result["training"]["ratio"] > 0 and result["loading"]["ratio"] > 0
     assert result["training"]["tumorseg_d2 Trainer"]["iterations_timed"] == 2
     # Without native bf16 (a reference kernel, many times slower) one iteration says enough.
+    native_bf16 = TEST_DEVICE == "cuda" or native_bf16_on_cpu()
     bf16 = result["training"]["tumorseg_d2 Trainer, bf16 autocast"]
-    assert bf16["iterations_timed"] == (2 if native_bf16_on_cpu() else 1)
+    assert bf16["iterations_timed"] == (2 if native_bf16 else 1)
     assert result["training"]["bf16_ratio"] > 0
-    assert result["training"]["bf16_native"] == native_bf16_on_cpu()
+    assert result["training"]["bf16_native"] == native_bf16
     rows = result["inference"]
     variants = inference_variants(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, TINY))
     assert [r["variant"] for r in rows] == [name for name, _ in variants]
@@ -156,7 +182,8 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
         assert r["images_per_s"] > 0 and r["peak_memory_mib"] > 100
         # achieved / limit is a measured ratio (the README explains why it can pass 1): check how
         # it is derived, not its value.
-        assert r["limit_gflops"] == result["limit"]["matmul_gflops"][r["precision"]]
+        rate = "fp32" if r["precision"] == "fp32" else "bf16"  # bf16-backbone: bf16's rate
+        assert r["limit_gflops"] == result["limit"]["matmul_gflops"][rate]
         assert r["gmacs_per_image"] == result["limit"]["gmacs_per_image"][str(r["size"])]
         assert r["achieved_gflops"] == pytest.approx(2 * r["gmacs_per_image"] * r["images_per_s"])
         assert r["achieved_over_limit"] == pytest.approx(r["achieved_gflops"] / r["limit_gflops"])

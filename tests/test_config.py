@@ -1,3 +1,6 @@
+import glob
+import os
+
 import pytest
 import torch
 from detectron2.solver import build_lr_scheduler
@@ -6,7 +9,7 @@ from tumorseg_d2.config import get_tumorseg_cfg, merge_config, validate_config
 from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.engine import Trainer, check_num_classes
 
-from conftest import RECIPE_CFG, SCRATCH_CFG
+from conftest import RECIPE_CFG, REPO, SCRATCH_CFG
 
 
 def load(path, *opts):
@@ -69,3 +72,9 @@ def test_num_classes_must_match_the_dataset(phantom_root):
                                "DATASETS.VAL", "('tumorseg_agnostic_valid',)",
                                "DATASETS.TEST", "('tumorseg_agnostic_test',)"))
     check_num_classes(load(SCRATCH_CFG))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"),
+                                            recursive=True)))
+def test_every_shipped_config_loads_and_validates(path):
+    load(path)

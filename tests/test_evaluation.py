@@ -119,3 +119,24 @@ def test_no_detections_score_zero_not_nan(phantom_root, tmp_path):
             assert results[task][f"{m}-0"] == 0.0 and results[task][f"{m}-1"] == 0.0
         # No phantom tumor is small (< 32x32 px): that figure has no ground truth, so NaN.
         assert math.isnan(results[task]["APs"])
+
+
+def test_ground_truth_is_converted_by_the_main_process_only(phantom_root, tmp_path, monkeypatch):
+    """Every process builds the evaluator: a process other than the main one must neither remove
+    nor rewrite the conversion (removing the main process's fresh file as "stale" cost a rank its
+    ground truth in a two-process run), while the main one replaces a stale file."""
+    from detectron2.utils import comm
+
+    from tumorseg_d2.evaluation import TumorCOCOEvaluator
+
+    register_tumorseg(phantom_root)
+    path = tmp_path / "tumorseg_test_coco_format.json"
+    path.write_text('{"stale": true}')
+    TumorCOCOEvaluator("tumorseg_test", str(tmp_path))  # the main process
+    fresh = path.read_text()
+    assert "stale" not in fresh and json.loads(fresh)["annotations"]
+    written = path.stat().st_mtime_ns
+    monkeypatch.setattr(comm, "is_main_process", lambda: False)
+    other = TumorCOCOEvaluator("tumorseg_test", str(tmp_path))
+    assert path.stat().st_mtime_ns == written and path.read_text() == fresh
+    assert len(other._coco_api.getAnnIds()) == len(json.loads(fresh)["annotations"])

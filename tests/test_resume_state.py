@@ -115,3 +115,20 @@ def test_resumed_early_stopping_stops_where_an_uninterrupted_run_does(phantom_ro
     assert resumed.start_iter == 6
     assert resumed.iterations_done() == 8
     assert json.loads((out / "training_summary.json").read_text())["iterations"] == 8
+
+
+def test_extending_a_finished_run_continues_after_its_last_iteration(phantom_root, tmp_path,
+                                                                      monkeypatch):
+    """The validation after the last iteration is the best: model_best.pth, saved after
+    model_final.pth and so the checkpoint --resume reads, names the last iteration done (found
+    on a GPU, where such a run skipped an iteration)."""
+    out = tmp_path / "run"
+    train(phantom_root, out, monkeypatch, {2: 0.5, 4: 0.9}, SOLVER__MAX_ITER=4)
+    assert (out / "last_checkpoint").read_text() == "model_best.pth"
+    assert torch.load(out / "model_best.pth", weights_only=False)["iteration"] == 3
+    trainer = train(phantom_root, out, monkeypatch, {}, resume=True, SOLVER__MAX_ITER=6)
+    assert trainer.start_iter == 4 and trainer.iterations_done() == 6
+    iterations = [r["iteration"] for r in metrics_rows(out)]
+    assert sorted(set(iterations)) == iterations, iterations
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert [(s["from"], s["to"]) for s in summary["sessions"]] == [(0, 4), (4, 6)]

@@ -255,3 +255,20 @@ def test_unreadable_training_image_is_named_and_skipped_or_fatal(tmp_path, skip)
     else:
         assert proc.returncode != 0
         assert f"Cannot read training image {bad}" in log and "SKIP_BAD_IMAGES True" in log
+
+
+def test_a_finished_training_leaves_no_loader_worker_behind(phantom_root, tmp_path):
+    """The workers end with the training, not when the garbage collector finds the trainer: left
+    to it, each waited out PyTorch's 5 s shutdown timeout (40 s with 8 workers)."""
+    import psutil
+
+    cfg = setup(SCRATCH_CFG, [*TINY, "DATALOADER.NUM_WORKERS", "2", "DATASETS.TUMORSEG_ROOT",
+                              phantom_root, "OUTPUT_DIR", str(tmp_path / "run"),
+                              "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
+                              "DATASETS.TEST", "()"], training=True)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    trainer = Trainer(cfg)
+    trainer.train()
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
+    del trainer

@@ -34,7 +34,9 @@ from .predictions import from_instances, mask_and_scores
 DEFAULT_MAX_PIXELS = 64 * 2**20
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# "bf16-backbone": ResNet and FPN (most of the compute) in bfloat16, the RPN and RoI heads, whose
+# box regression and scores decide AP, in float32.
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-backbone": torch.bfloat16}
 
 
 class InputImageError(ValueError):
@@ -167,8 +169,9 @@ class BatchPredictor:
     def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
                  channels_last=True, backbone_runtime="torch", calibration_images=()):
         """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
-        are still decoded in fp32); ``channels_last`` stores the model's convolution weights NHWC
-        (same results; the default, as it was the fastest fp32 setting measured);
+        are still decoded in fp32), ``"bf16-backbone"`` only the backbone's (ResNet and FPN), its
+        features handed to the heads in fp32; ``channels_last`` stores the model's convolution
+        weights NHWC (same results; the default, as it was the fastest fp32 setting measured);
         ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
         as an ONNX Runtime session exported at start-up, and ``"onnxruntime-int8"`` that session
         quantized to int8, its activation ranges calibrated on ``calibration_images`` (paths or
@@ -188,6 +191,11 @@ class BatchPredictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         if backbone_runtime not in RUNTIMES:
             raise ValueError(f"backbone_runtime is {backbone_runtime!r}; use one of {RUNTIMES}.")
+        if precision == "bf16-backbone":
+            if backbone_runtime != "torch":
+                raise ValueError(f"precision 'bf16-backbone' runs the torch backbone; it does not "
+                                 f"combine with backbone_runtime {backbone_runtime!r}.")
+            autocast_backbone(self.model, torch.bfloat16)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)
@@ -246,10 +254,10 @@ class BatchPredictor:
                              "binary masks, so it gives no probability map; set "
                              "TEST.AUG.ENABLED False for one.")
         with torch.autocast(torch.device(self.cfg.MODEL.DEVICE).type,
-                            dtype=PRECISIONS[self.precision], enabled=self.precision != "fp32"):
+                            dtype=PRECISIONS[self.precision], enabled=self.precision == "bf16"):
             raw = list((self.model(good) if pixel_model or augmented else
                         self.model.inference(good, do_postprocess=False)) if good else [])
-        if self.precision != "fp32":
+        if self.precision == "bf16":
             raw = [_float32(r) for r in raw]
         raw = iter(raw)
         result = self._pixel_result if pixel_model else self._augmented_result if augmented \
@@ -290,6 +298,23 @@ class BatchPredictor:
         if probability:
             result["probability"] = out["probability"].numpy().astype(np.float32)
         return result
+
+
+def autocast_backbone(model, dtype):
+    """Run ``model.backbone`` under autocast to ``dtype`` and hand its features on in float32, so
+    that everything after it computes as in fp32."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is None:
+        raise ValueError(f"precision 'bf16-backbone' needs a model with a backbone (Mask R-CNN); "
+                         f"{type(model).__name__} has none: use precision 'bf16' or 'fp32'.")
+    forward, device_type = backbone.forward, model.device.type
+
+    def low_precision_forward(images):
+        with torch.autocast(device_type, dtype=dtype):
+            features = forward(images)
+        return {name: f.float() for name, f in features.items()}
+    backbone.forward = low_precision_forward
+    return model
 
 
 def _float32(output):

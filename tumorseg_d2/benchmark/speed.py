@@ -3,6 +3,7 @@ throughput, batch inference, evaluation time, and the machine's limit. Every fig
 of several runs after a warm-up; each project figure is reported with its ratio to Detectron2's,
 measured in the same run, since absolute times drift on a shared machine and ratios hold."""
 import contextlib
+import gc
 import logging
 import os
 import platform
@@ -59,6 +60,8 @@ class PeakMemory:
     process (torch's libraries, the forked model) are split between them, not counted twice."""
 
     def __enter__(self):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self.peak, self._done = 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -78,16 +81,28 @@ class PeakMemory:
         self._done.set()
         self._thread.join()
         self.peak_mib = self.peak / 2**20
+        # What the GPU's allocator held at most (None without CUDA).
+        self.gpu_peak_mib = torch.cuda.max_memory_allocated() / 2**20 \
+            if torch.cuda.is_available() else None
 
 
 def machine():
     """What the figures depend on: the CPU and its vector instructions (AVX2 or AVX-512; native
-    bfloat16 or not), cores, threads, memory and versions."""
+    bfloat16 or not), cores, threads, memory, the GPU if any, and versions."""
     return {"cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16_on_cpu(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)}
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), **gpu()}
+
+
+def gpu():
+    """The CUDA device's name, memory and the CUDA version torch was built with; {} without."""
+    if not torch.cuda.is_available():
+        return {}
+    props = torch.cuda.get_device_properties(0)
+    return {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda}
 
 
 def cpu_model():
@@ -102,12 +117,15 @@ def cpu_model():
 
 
 # ---------------------------------------------------------------- the limit
-def matmul_gflops(dtype, max_n=2048, repeats=5, enough_seconds=0.05):
+def matmul_gflops(dtype, device="cpu", max_n=2048, repeats=5, enough_seconds=0.05):
     """Measured (n x n) @ (n x n) throughput in GFLOP/s (2 n^3 floating-point operations), n
     doubled from 256 up to ``max_n`` while one product takes under ``enough_seconds``: large enough
     to reach the peak where the type is native, and bounded where it is emulated (bf16 without
-    AVX-512 BF16 is about 100 times slower, and 2048 would take minutes)."""
-    n = 256
+    AVX-512 BF16 is about 100 times slower, and 2048 would take minutes). On a GPU, n is 8192
+    (smaller products leave a large GPU idle) and each product is waited for."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = 8192 if device.type == "cuda" else 256
     while n < max_n:
         a = torch.randn(n, n).to(dtype)
         start = time.perf_counter()
@@ -115,8 +133,12 @@ def matmul_gflops(dtype, max_n=2048, repeats=5, enough_seconds=0.05):
         if time.perf_counter() - start >= enough_seconds:
             break
         n *= 2
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    seconds, _ = median_seconds(lambda: torch.mm(a, b), repeats, warmup=2)
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+
+    def product():
+        torch.mm(a, b)
+        sync()
+    seconds, _ = median_seconds(product, repeats, warmup=2)
     return 2 * n**3 / seconds / 1e9
 
 
@@ -186,20 +208,40 @@ def training_step_times(trainer_cls, cfg, warmup, iters):
         trainer.register_hooks([timer])
         trainer.train()
         del trainer
+        # Free this run's loader workers and GPU memory now, not when the garbage collector
+        # happens to run: left over, they would slow the next run down.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return timer.times[warmup:]
 
 
 OURS, DETECTRON2, OURS_BF16 = ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer",
                                "tumorseg_d2 Trainer, bf16 autocast")
+OURS_FP16, DETECTRON2_AMP = ("tumorseg_d2 Trainer, fp16 autocast",
+                             "detectron2 DefaultTrainer, AMP (AMPTrainer, fp16)")
+
+
+def training_runs(cfg):
+    """(name, trainer class, config) of what the training section times, the AMP switch off
+    (fp32) and on: bf16 autocast everywhere; on CUDA also float16 with loss scaling, beside
+    Detectron2's own AMP (DefaultTrainer with SOLVER.AMP.ENABLED runs its AMPTrainer, fp16)."""
+    fp32 = derived(cfg, {"SOLVER.AMP.ENABLED": False})
+    bf16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "bfloat16"})
+    runs = [(OURS, Trainer, fp32), (DETECTRON2, DefaultTrainer, fp32), (OURS_BF16, Trainer, bf16)]
+    if torch.device(cfg.MODEL.DEVICE).type == "cuda":
+        fp16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "float16"})
+        runs += [(OURS_FP16, Trainer, fp16), (DETECTRON2_AMP, DefaultTrainer, fp16)]
+    return runs
 
 
 def benchmark_training(cfg, warmup, iters, rounds):
     """Images/s of our Trainer (fp32, and bf16 autocast: SOLVER.AMP.ENABLED with PRECISION
-    bfloat16) and Detectron2's DefaultTrainer on the same config, run in alternating order
-    (ABC, CBA, ...) so drift in the machine's speed affects all alike. On a CPU without native
-    bfloat16, bf16 is timed over one iteration per round."""
-    bf16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "bfloat16"})
-    runs = [(OURS, Trainer, cfg), (DETECTRON2, DefaultTrainer, cfg), (OURS_BF16, Trainer, bf16)]
+    bfloat16; on CUDA also float16) and Detectron2's DefaultTrainer (fp32; on CUDA also its AMP)
+    on the same config, run in alternating order (ABC, CBA, ...) so drift in the machine's speed
+    affects all alike. On a CPU without native bfloat16, bf16 is timed over one iteration per
+    round."""
+    runs = training_runs(cfg)
     # Without native bf16 an iteration takes many times longer: one after one warm-up says it.
     slow = slow_bf16_warning(torch.bfloat16, torch.device(cfg.MODEL.DEVICE).type)
     times = {name: [] for name, _, _ in runs}
@@ -215,6 +257,9 @@ def benchmark_training(cfg, warmup, iters, rounds):
     out["ratio"] = out[OURS]["images_per_s"] / out[DETECTRON2]["images_per_s"]
     out["bf16_ratio"] = out[OURS_BF16]["images_per_s"] / out[DETECTRON2]["images_per_s"]
     out["bf16_native"] = not slow
+    if DETECTRON2_AMP in out:
+        out["fp16_ratio_to_detectron2_amp"] = (out[OURS_FP16]["images_per_s"]
+                                               / out[DETECTRON2_AMP]["images_per_s"])
     out["config"] = {"IMS_PER_BATCH": batch, "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
                      "optimizer": "SGD", "warmup_iters": warmup, "iters_per_round": iters,
                      "rounds": rounds}
@@ -255,12 +300,23 @@ def inference_variants(cfg):
     """(name, settings) of what is timed; the first is the reference: Detectron2's DefaultPredictor
     with the model-zoo test size, one image at a time, fp32."""
     size = cfg.INPUT.MIN_SIZE_TEST
-    batch = {"runner": "BatchPredictor", "size": size, "batch": 4, "workers": 2,
-             "channels_last": False}
+    on_gpu = torch.device(cfg.MODEL.DEVICE).type == "cuda"
+    # On a GPU, decoding and resizing on the CPU is the bottleneck: more workers, larger batches.
+    batch = {"runner": "BatchPredictor", "size": size, "batch": 8 if on_gpu else 4,
+             "workers": min(8, os.cpu_count()) if on_gpu else 2, "channels_last": False}
     # Without native bf16 a reference kernel runs many times slower than fp32 (the training
     # section times it): not worth 215 images.
-    bf16 = [("BatchPredictor bf16", dict(batch, precision="bf16"))] if (
-        torch.device(cfg.MODEL.DEVICE).type != "cpu" or native_bf16_on_cpu()) else []
+    bf16 = [("BatchPredictor bf16", dict(batch, precision="bf16")),
+            ("BatchPredictor bf16 backbone, fp32 heads, channels-last",
+             dict(batch, precision="bf16-backbone", channels_last=True))] if (
+        on_gpu or native_bf16_on_cpu()) else []
+    # ONNX Runtime runs the backbone on the CPU: beside a GPU it would measure the CPU.
+    onnx = [] if on_gpu else [
+        ("BatchPredictor fp32, ONNX Runtime backbone", dict(batch, backbone_runtime="onnxruntime")),
+        ("BatchPredictor int8 backbone (ONNX Runtime), channels-last heads",
+         dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
+              calibration_images=CALIBRATION_IMAGES)),
+    ]
     return [
         ("detectron2 DefaultPredictor, model-zoo size (reference)",
          {"runner": "DefaultPredictor", "size": ZOO_MIN_SIZE_TEST, "max_size": ZOO_MAX_SIZE_TEST}),
@@ -269,10 +325,7 @@ def inference_variants(cfg):
         ("BatchPredictor fp32", dict(batch)),
         ("BatchPredictor fp32 channels-last", dict(batch, channels_last=True)),
         *bf16,
-        ("BatchPredictor fp32, ONNX Runtime backbone", dict(batch, backbone_runtime="onnxruntime")),
-        ("BatchPredictor int8 backbone (ONNX Runtime), channels-last heads",
-         dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
-              calibration_images=CALIBRATION_IMAGES)),
+        *onnx,
     ]
 
 
@@ -343,11 +396,14 @@ def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs
                                [category_ids[k] for k in range(len(classes))])
         macs = macs_at(model, settings["size"])
         precision = settings.get("precision", "fp32")
-        achieved, limit = 2 * macs * len(records) / seconds / 1e9, limits[precision]
+        # bf16-backbone's yardstick is bf16's rate: most of the multiplications are the backbone's.
+        achieved = 2 * macs * len(records) / seconds / 1e9
+        limit = limits["fp32" if precision == "fp32" else "bf16"]
         rows.append({"variant": name, **settings, "precision": precision,
                      "images_per_s": len(records) / seconds,
                      "seconds_per_image": seconds / len(records),
                      "peak_memory_mib": memory.peak_mib,
+                     "gpu_peak_memory_mib": memory.gpu_peak_mib,
                      "bbox_AP": coco["bbox"]["AP"], "bbox_AP50": coco["bbox"]["AP50"],
                      "segm_AP": coco["segm"]["AP"], "segm_AP50": coco["segm"]["AP50"],
                      "gmacs_per_image": macs / 1e9, "achieved_gflops": achieved,
@@ -423,7 +479,9 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
               "config": {"MIN_SIZE_TEST": cfg.INPUT.MIN_SIZE_TEST,
                          "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
                          "backbone_depth": cfg.MODEL.RESNETS.DEPTH}}
-    limits = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    device = cfg.MODEL.DEVICE
+    limits = {"fp32": matmul_gflops(torch.float32, device),
+              "bf16": matmul_gflops(torch.bfloat16, device)}
     result["limit"] = {"matmul_gflops": limits}
     model = build_model(cfg).eval()
     SafeCheckpointer(model, same_classes=True).load(resolve_weights(cfg.MODEL.WEIGHTS))
@@ -458,7 +516,7 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
 def _side_by_side(title, section, what, time_label, time_key):
     """A section's rows (ours, Detectron2's, and our bf16 training where measured) and their
     images/s ratios to Detectron2, as Markdown lines."""
-    names = [k for k in (OURS, DETECTRON2, OURS_BF16) if k in section]
+    names = [k for k in (OURS, DETECTRON2, OURS_BF16, OURS_FP16, DETECTRON2_AMP) if k in section]
     rows = [[k, fmt_value(section[k][time_key], digits=3),
              fmt_value(section[k]["images_per_s"], digits=2)] for k in names]
     ratios = f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**"
@@ -466,6 +524,9 @@ def _side_by_side(title, section, what, time_label, time_key):
         ratios += (f"; with bf16 autocast: **{section['bf16_ratio']:.3f}**"
                    + ("" if section["bf16_native"] else " (this CPU has no native bfloat16: "
                       "PyTorch's reference convolution)"))
+    if "fp16_ratio_to_detectron2_amp" in section:
+        ratios += ("; fp16 autocast against Detectron2's AMP: "
+                   f"**{section['fp16_ratio_to_detectron2_amp']:.3f}**")
     return [title, "", markdown_table([what, time_label, "images/s"], rows), "", ratios, ""]
 
 
@@ -475,7 +536,9 @@ def markdown(result):
     lines += [f"Machine: {m['cpu']} ({m['cpu_capability']}, bfloat16 "
               f"{'native' if m['native_bf16'] else 'not native'}), {m['cores']} cores, "
               f"{m['memory_gib']} GiB, torch {m['torch']} "
-              f"({m['torch_threads']} threads). Dataset {result['dataset']}; weights "
+              f"({m['torch_threads']} threads)"
+              + (f"; GPU {m['gpu']} ({m['gpu_memory_gib']} GiB, CUDA {m['cuda']})"
+                 if m.get("gpu") else "") + f". Dataset {result['dataset']}; weights "
               f"{result['weights'] or 'none (random initialization: AP is meaningless)'}.", ""]
     limit = result["limit"]
     lines += ["Limit: measured matmul " + ", ".join(
@@ -499,7 +562,9 @@ def markdown(result):
                        "achieved GFLOP/s", "/ limit"],
                       [[r["variant"], str(r["size"]), fmt_value(r["images_per_s"], digits=2),
                         fmt_value(r["seconds_per_image"], digits=3), f"{r['speedup']:.2f}x",
-                        f"{r['speedup_same_size']:.2f}x", f"{r['peak_memory_mib']:.0f}",
+                        f"{r['speedup_same_size']:.2f}x", f"{r['peak_memory_mib']:.0f}"
+                        + (f" (GPU {r['gpu_peak_memory_mib']:.0f})"
+                           if r.get("gpu_peak_memory_mib") is not None else ""),
                         fmt_value(r["bbox_AP"], digits=1), fmt_value(r["bbox_AP50"], digits=1),
                         fmt_value(r["segm_AP"], digits=1), fmt_value(r["segm_AP50"], digits=1),
                         "yes" if r["equal_AP"] else "no",

@@ -29,8 +29,8 @@ from ..evaluation.volumes import volume_report
 from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from ..predictions import above, dataset_category_ids, to_coco_results
 from ..modeling.onnx_backbone import RUNTIMES
-from ..predictor import (CALIBRATION_IMAGES, BatchPredictor, calibration_sample, predict_volume,
-                         read_input_image)
+from ..predictor import (CALIBRATION_IMAGES, PRECISIONS, BatchPredictor, calibration_sample,
+                         predict_volume, read_input_image)
 from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -53,8 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--calibrate-on", nargs="+", metavar="IMAGES",
                    help="folders, globs or files of training images that calibrate the int8 "
                         f"backbone ({CALIBRATION_IMAGES} of them, spread evenly, are used)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast convolutions and matrix products to bfloat16")
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
+                   help="bf16: autocast convolutions and matrix products to bfloat16; "
+                        "bf16-backbone: only ResNet and FPN's, the heads in fp32")
     volumes = p.add_argument_group("volumes (NIfTI, DICOM)")
     volumes.add_argument("--axis", choices=tuple(AXES), default="axial",
                          help="the slicing plane of a NIfTI volume (default: %(default)s)")

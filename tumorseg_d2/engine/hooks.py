@@ -140,7 +140,11 @@ class BestCheckpointer(hooks.BestCheckpointer):
                               f"{previous:0.5f} (iteration {previous_iter}); model_best.pth kept.")
             return
         if self._update_best(value, iteration):
-            self._checkpointer.save(self._file_prefix, iteration=iteration)
+            # The validation after training runs at iteration max_iter, one past the last trained;
+            # a checkpoint names the last iteration done (as model_final.pth does), so that
+            # --resume with a larger SOLVER.MAX_ITER continues at max_iter, skipping none.
+            done = min(iteration, self.trainer.max_iter - 1)
+            self._checkpointer.save(self._file_prefix, iteration=done)
             self._logger.info(f"Saved model_best.pth: {self._val_metric} {value:0.5f} at iteration "
                               f"{iteration}" + ("" if previous is None else
                                                f" (best before: {previous:0.5f})"))

@@ -4,6 +4,7 @@ import itertools
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.coco import convert_to_coco_json
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator
 from detectron2.utils import comm
 
@@ -35,15 +36,21 @@ class TumorCOCOEvaluator(COCOEvaluator):
         metadata = MetadataCatalog.get(dataset_name)
         converted = not hasattr(metadata, "json_file")
         if converted:
-            stale = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
-            if os.path.exists(stale):
-                os.remove(stale)
-        super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False)
-        if converted:
-            # v0.6 records its conversion as the dataset's json_file, which every later evaluator
-            # of the dataset then reads, from this output folder (perhaps a temporary one,
-            # deleted since) and stale if the registration changes. The conversion is ours.
-            delattr(metadata, "json_file")
+            # One process converts and the others wait: each removing a "stale" file that
+            # another process had just written lost a rank its ground truth.
+            metadata.json_file = os.path.join(output_dir, f"{dataset_name}_coco_format.json")
+        try:
+            if converted:
+                if comm.is_main_process():
+                    convert_to_coco_json(dataset_name, metadata.json_file, allow_cached=False)
+                comm.synchronize()
+            super().__init__(dataset_name, tasks, distributed, output_dir, use_fast_impl=False)
+        finally:
+            if converted:
+                # v0.6 keeps its conversion as the dataset's json_file, which every later
+                # evaluator of the dataset would then read, from this output folder (perhaps a
+                # temporary one, deleted since) and stale if the registration changes.
+                delattr(metadata, "json_file")
 
     def _eval_predictions(self, predictions, img_ids=None):
         category_ids = dataset_category_ids(self._metadata)
