@@ -10,7 +10,8 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from tumorseg_d2.benchmark.speed import PeakMemory, inference_variants, model_macs
+from tumorseg_d2.benchmark.speed import (STAGES, TIMED_MODULES, PeakMemory, StageTimer,
+                                         inference_variants, model_macs, stage_seconds)
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.engine.amp import native_bf16_on_cpu
 from tumorseg_d2.predictor import BatchPredictor, calibration_sample
@@ -148,6 +149,54 @@ def test_model_macs_match_resnet50_fpn_known_cost():
     assert 3.8 < ratio < 4.2, ratio
 
 
+class _Outer(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner, self.other = torch.nn.Identity(), torch.nn.Identity()
+
+    def forward(self, x):
+        return self.other(self.inner(self.inner(x)))
+
+
+def test_stage_timer_sums_each_submodule_over_its_calls():
+    """A clock that advances 1 per reading: a hooked call without hooked children lasts exactly
+    1, and a parent lasts its children's readings plus its own two."""
+    ticks = iter(range(1000))
+    model = _Outer()
+    with StageTimer(model, ["", "inner", "other", "missing"], clock=lambda: next(ticks)) as timer:
+        out = model(torch.ones(2))
+    assert timer.seconds == {"inner": 2, "other": 1, "": 7, "missing": 0}
+    assert torch.equal(out, torch.ones(2))  # the hooks leave outputs alone
+    model(torch.ones(2))  # hooks removed on exit: nothing more is counted
+    assert timer.seconds["inner"] == 2
+
+
+def test_stage_seconds_split_the_roi_heads_and_keep_the_wall_time():
+    timed = {"backbone": 5.0, "proposal_generator": 1.0, "roi_heads": 3.0,
+             "roi_heads.mask_pooler": 0.5, "roi_heads.mask_head": 1.5}
+    stages = stage_seconds(timed, wall=12.0)
+    assert list(stages) == list(STAGES)
+    assert list(stages.values()) == [5.0, 1.0, 1.0, 2.0, 3.0]
+    assert sum(stages.values()) == 12.0
+
+
+def test_stage_timer_on_mask_rcnn_times_every_stage_and_changes_no_detection(checkpoint):
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))[:4]
+    predictor = BatchPredictor(predictor_cfg(weights))
+    reference = predictor(files, masks="array")
+    with StageTimer(predictor.model, TIMED_MODULES) as timer:
+        timed = predictor(files, masks="array")
+    for r, ref in zip(timed, reference):
+        np.testing.assert_array_equal(r["boxes"], ref["boxes"])
+        np.testing.assert_array_equal(r["masks"], ref["masks"])
+    s = timer.seconds
+    assert all(s[k] > 0 for k in ("backbone", "proposal_generator", "roi_heads")), s
+    if any(len(r["scores"]) for r in reference):  # the mask head runs on detections only
+        assert s["roi_heads.mask_head"] > 0
+    assert s["roi_heads"] >= s["roi_heads.mask_pooler"] + s["roi_heads.mask_head"]
+
+
 def test_the_first_variant_is_the_model_zoo_reference():
     cfg = merge_config(get_tumorseg_cfg(), CPU_RECIPE)
     (name, first), *rest = inference_variants(cfg)
@@ -165,7 +214,8 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
                     "OUTPUT_DIR", str(tmp_path / "unused"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.load(open(out / "benchmark.json"))
-    assert set(result) >= {"machine", "limit", "training", "loading", "inference", "evaluation"}
+    assert set(result) >= {"machine", "limit", "training", "loading", "inference", "evaluation",
+                           "stages"}
     assert result["training"]["ratio"] > 0 and result["loading"]["ratio"] > 0
     assert result["training"]["tumorseg_d2 Trainer"]["iterations_timed"] == 2
     # Without native bf16 (a reference kernel, many times slower) one iteration says enough.
@@ -203,5 +253,16 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     assert "int8" in by_name["BatchPredictor int8 backbone (ONNX Runtime), channels-last heads"][
         "backbone_runtime"]
     assert result["evaluation"]["images"] == 3
+    stages = result["stages"]
+    assert stages["images"] == 3
+    assert [r["variant"] for r in stages["variants"]] == [name for name, _ in variants[1:]]
+    for r in stages["variants"]:
+        per_stage = r["stage_seconds_per_image"]
+        assert list(per_stage) == list(STAGES)
+        assert sum(per_stage.values()) == pytest.approx(r["seconds_per_image"])
+        assert all(v >= 0 for v in per_stage.values()), per_stage
+        assert per_stage[STAGES[0]] > 0
+        assert r["speedup_same_size_without_backbone"] > r["speedup_same_size"]
+    assert stages["variants"][0]["speedup_same_size"] == 1.0
     table = open(out / "benchmark.md").read()
     assert "Ratio tumorseg_d2 / Detectron2" in table and "GFLOP/s" in table

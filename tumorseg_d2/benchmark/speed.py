@@ -1,5 +1,6 @@
 """Benchmarks side by side with plain Detectron2 (``tumorseg benchmark``): training and data loading
-throughput, batch inference, evaluation time, and the machine's limit. Every figure is the median
+throughput, batch inference, evaluation time, where inference spends its time, and the machine's
+limit. Every figure is the median
 of several runs after a warm-up; each project figure is reported with its ratio to Detectron2's,
 measured in the same run, since absolute times drift on a shared machine and ratios hold."""
 import contextlib
@@ -420,6 +421,92 @@ def benchmark_inference(cfg, dataset_name, repeats, warmup_images, gt_json, macs
     return rows, preds_of
 
 
+# ---------------------------------------------------------------- where the time goes
+class StageTimer:
+    """Seconds spent in the named submodules of ``model`` (dotted names, as ``named_modules``
+    gives them; a name the model lacks stays 0), summed over every call while the context is open.
+    Forward hooks read ``clock`` on entering and leaving each; on a GPU the device is synchronized
+    first, so that a stage's time is its work's and not its launches'."""
+
+    def __init__(self, model, names, clock=time.perf_counter):
+        self.model, self.names, self.clock = model, list(names), clock
+        self.seconds = dict.fromkeys(self.names, 0.0)
+        self._entered, self._handles = {}, []
+        on_gpu = any(p.is_cuda for p in model.parameters())
+        self._sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+    def __enter__(self):
+        modules = dict(self.model.named_modules())
+        for name in self.names:
+            if name in modules:
+                self._handles += [
+                    modules[name].register_forward_pre_hook(self._enter(name)),
+                    modules[name].register_forward_hook(self._leave(name))]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _enter(self, name):
+        def hook(module, args):
+            self._sync()
+            self._entered[name] = self.clock()
+        return hook
+
+    def _leave(self, name):
+        def hook(module, args, output):  # returns None: the output is left as it is
+            self._sync()
+            self.seconds[name] += self.clock() - self._entered[name]
+        return hook
+
+
+# The submodules of Detectron2's GeneralizedRCNN that StageTimer times for ``stage_seconds``.
+TIMED_MODULES = ("backbone", "proposal_generator", "roi_heads", "roi_heads.mask_pooler",
+                 "roi_heads.mask_head")
+STAGES = ("backbone (ResNet + FPN)", "RPN", "box head and NMS", "mask head", "everything else")
+
+
+def stage_seconds(timed, wall):
+    """Seconds in each of STAGES from StageTimer's TIMED_MODULES and the wall time of the pass:
+    the box head with NMS is the RoI heads less the mask head; everything else is what no hook
+    covers (reading and decoding, resizing, normalizing and padding, pasting masks at the image's
+    size, RLE encoding, and for BatchPredictor the wait for its decoding workers)."""
+    mask = timed["roi_heads.mask_pooler"] + timed["roi_heads.mask_head"]
+    stages = [timed["backbone"], timed["proposal_generator"], timed["roi_heads"] - mask, mask]
+    return dict(zip(STAGES, stages + [wall - sum(stages)]))
+
+
+def benchmark_stages(cfg, dataset_name, warmup_images):
+    """Where each inference variant at the config's size spends its time, from one pass over the
+    split with StageTimer's hooks: seconds per image by stage, and the speed-up over
+    DefaultPredictor at that size that the variant would reach if its backbone took no time at
+    all, which bounds what quantizing or compiling the backbone alone can give (Amdahl)."""
+    records = DatasetCatalog.get(dataset_name)
+    rows = []
+    for name, settings in inference_variants(cfg)[SAME_SIZE_REFERENCE:]:
+        logger.info(f"stage timing: {name} on {len(records)} images")
+        make = default_predictor_runner if settings["runner"] == "DefaultPredictor" \
+            else batch_predictor_runner
+        run, model = make(cfg, settings)
+        run(records[:warmup_images])
+        with StageTimer(model, TIMED_MODULES) as timer:
+            start = time.perf_counter()
+            run(records)
+            wall = time.perf_counter() - start
+        stages = stage_seconds(timer.seconds, wall)
+        rows.append({"variant": name, "seconds_per_image": wall / len(records),
+                     "stage_seconds_per_image": {k: v / len(records) for k, v in stages.items()}})
+        del run, model
+    reference = rows[0]["seconds_per_image"]
+    for row in rows:
+        rest = row["seconds_per_image"] - row["stage_seconds_per_image"][STAGES[0]]
+        row["speedup_same_size"] = reference / row["seconds_per_image"]
+        row["speedup_same_size_without_backbone"] = reference / rest
+    return {"images": len(records), "variants": rows}
+
+
 # ---------------------------------------------------------------- evaluation
 def run_evaluator(evaluator, inputs, outputs):
     evaluator.reset()
@@ -509,6 +596,9 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
             result["evaluation"] = benchmark_evaluation(cfg, dataset_name,
                                                         preds_of[rows[0]["variant"]], repeats)
             save(result)
+    if "stages" in sections:
+        result["stages"] = benchmark_stages(cfg, dataset_name, warmup_images)
+        save(result)
     return result
 
 
@@ -576,6 +666,21 @@ def markdown(result):
                   f"Speed-up: against the first row; same size: against DefaultPredictor at the "
                   f"config's size. Equal AP: bbox and segm AP and AP50 each within "
                   f"{EQUAL_AP_POINTS} point of DefaultPredictor at the same size.", ""]
+    if "stages" in result:
+        rows = result["stages"]["variants"]
+        lines += [f"Where the time goes ({result['stages']['images']} images, one pass with "
+                  "forward hooks; seconds per image):", "",
+                  markdown_table(
+                      ["variant", "s/image", *STAGES, "same size",
+                       "same size, backbone free"],
+                      [[r["variant"], fmt_value(r["seconds_per_image"], digits=4),
+                        *[fmt_value(r["stage_seconds_per_image"][k], digits=4) for k in STAGES],
+                        f"{r['speedup_same_size']:.2f}x",
+                        f"{r['speedup_same_size_without_backbone']:.2f}x"] for r in rows]), "",
+                  "Everything else: reading and decoding, resizing, normalizing, pasting masks, "
+                  "RLE encoding, waiting for decoding workers. Backbone free: the speed-up over "
+                  "DefaultPredictor at the same size if the variant's backbone took no time, the "
+                  "bound on what a faster backbone alone can give.", ""]
     if "evaluation" in result:
         e = result["evaluation"]
         names = [k for k in e if isinstance(e[k], dict)]

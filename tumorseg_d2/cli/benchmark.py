@@ -20,7 +20,7 @@ from ..evaluation.pipeline import dataset_for
 from ..files import refuse_output_in_training_run
 from .common import add_overrides, command_parser
 
-SECTIONS = ("limit", "train", "load", "infer", "eval")
+SECTIONS = ("limit", "train", "load", "infer", "eval", "stages")
 DEFAULT_CONFIG = "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml"
 
 
