@@ -109,6 +109,9 @@ def use_onnxruntime_backbone(model, threads=None, calibration_inputs=None):
                     f"calibrated on {len(inputs)} images")
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
+    # ONNX Runtime's threads spin-wait after each run by default; torch's RPN and heads run next
+    # on the same cores, so the spinning would take their time.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = onnxruntime.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
     def forward(images):
@@ -116,4 +119,5 @@ def use_onnxruntime_backbone(model, threads=None, calibration_inputs=None):
         return {n: torch.from_numpy(o).to(images.device) for n, o in zip(names, outputs)}
     backbone.forward = forward
     backbone.onnx_graph = graph  # what the session runs, for inspection
+    backbone.onnx_session = session
     return model
