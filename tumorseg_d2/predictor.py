@@ -25,6 +25,7 @@ from .checkpoint import SafeCheckpointer, resolve_weights
 from .engine.amp import slow_bf16_warning
 from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
+from .modeling.int8_box_head import BOX_HEADS, quantize_box_head
 from .modeling.onnx_backbone import RUNTIMES, use_onnxruntime_backbone
 from .modeling.tta import augmented_model
 from .predictions import from_instances, mask_and_scores
@@ -167,7 +168,8 @@ class BatchPredictor:
     """Loads ``cfg.MODEL.WEIGHTS`` once; calling it runs batched inference."""
 
     def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
-                 channels_last=True, backbone_runtime="torch", calibration_images=()):
+                 channels_last=True, backbone_runtime="torch", calibration_images=(),
+                 box_head="fp32"):
         """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
         are still decoded in fp32), ``"bf16-backbone"`` only the backbone's (ResNet and FPN), its
         features handed to the heads in fp32; ``channels_last`` stores the model's convolution
@@ -175,7 +177,9 @@ class BatchPredictor:
         ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
         as an ONNX Runtime session exported at start-up, and ``"onnxruntime-int8"`` that session
         quantized to int8, its activation ranges calibrated on ``calibration_images`` (paths or
-        arrays, as for prediction; training images, a few dozen).
+        arrays, as for prediction; training images, a few dozen); ``box_head="int8"`` runs the
+        box head's fully connected layers in int8, quantized dynamically (no calibration; CPU only;
+        :mod:`tumorseg_d2.modeling.int8_box_head`).
         tools/benchmark.py measures each (README, Performance). bf16 pays only on CPUs with
         native bfloat16 (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
         if on_error not in ("raise", "skip"):
@@ -196,6 +200,13 @@ class BatchPredictor:
                 raise ValueError(f"precision 'bf16-backbone' runs the torch backbone; it does not "
                                  f"combine with backbone_runtime {backbone_runtime!r}.")
             autocast_backbone(self.model, torch.bfloat16)
+        if box_head not in BOX_HEADS:
+            raise ValueError(f"box_head is {box_head!r}; use one of {BOX_HEADS}.")
+        if box_head == "int8":
+            if precision == "bf16":
+                raise ValueError("box_head 'int8' takes fp32 inputs; it does not combine with "
+                                 "precision 'bf16' (use 'fp32' or 'bf16-backbone').")
+            quantize_box_head(self.model)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)

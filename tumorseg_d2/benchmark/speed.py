@@ -317,6 +317,9 @@ def inference_variants(cfg):
         ("BatchPredictor int8 backbone (ONNX Runtime), channels-last heads",
          dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
               calibration_images=CALIBRATION_IMAGES)),
+        ("BatchPredictor int8 backbone (ONNX Runtime) and int8 box head, channels-last",
+         dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
+              calibration_images=CALIBRATION_IMAGES, box_head="int8")),
     ]
     return [
         ("detectron2 DefaultPredictor, model-zoo size (reference)",
@@ -363,7 +366,8 @@ def batch_predictor_runner(cfg, settings):
                                precision=settings.get("precision", "fp32"),
                                channels_last=settings["channels_last"],
                                backbone_runtime=settings.get("backbone_runtime", "torch"),
-                               calibration_images=calibration)
+                               calibration_images=calibration,
+                               box_head=settings.get("box_head", "fp32"))
 
     def run(records):
         return predictor([r["file_name"] for r in records], masks="rle")
@@ -463,18 +467,23 @@ class StageTimer:
 
 
 # The submodules of Detectron2's GeneralizedRCNN that StageTimer times for ``stage_seconds``.
-TIMED_MODULES = ("backbone", "proposal_generator", "roi_heads", "roi_heads.mask_pooler",
-                 "roi_heads.mask_head")
-STAGES = ("backbone (ResNet + FPN)", "RPN", "box head and NMS", "mask head", "everything else")
+TIMED_MODULES = ("backbone", "proposal_generator", "roi_heads", "roi_heads.box_pooler",
+                 "roi_heads.mask_pooler", "roi_heads.mask_head")
+STAGES = ("backbone (ResNet + FPN)", "RPN", "box RoIAlign", "box head and NMS", "mask head",
+          "everything else")
 
 
 def stage_seconds(timed, wall):
     """Seconds in each of STAGES from StageTimer's TIMED_MODULES and the wall time of the pass:
-    the box head with NMS is the RoI heads less the mask head; everything else is what no hook
-    covers (reading and decoding, resizing, normalizing and padding, pasting masks at the image's
-    size, RLE encoding, and for BatchPredictor the wait for its decoding workers)."""
+    the box head with NMS is the RoI heads less the box RoIAlign (pooling every proposal's
+    features, timed apart as it takes about as long as the RPN) and the mask head (its own RoIAlign
+    included); everything else is what no hook covers (reading and decoding, resizing,
+    normalizing and padding, pasting masks at the image's size, RLE encoding, and for
+    BatchPredictor the wait for its decoding workers)."""
     mask = timed["roi_heads.mask_pooler"] + timed["roi_heads.mask_head"]
-    stages = [timed["backbone"], timed["proposal_generator"], timed["roi_heads"] - mask, mask]
+    pooling = timed["roi_heads.box_pooler"]
+    stages = [timed["backbone"], timed["proposal_generator"], pooling,
+              timed["roi_heads"] - pooling - mask, mask]
     return dict(zip(STAGES, stages + [wall - sum(stages)]))
 
 

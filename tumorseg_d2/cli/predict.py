@@ -28,6 +28,7 @@ from ..engine.run import setup
 from ..evaluation.volumes import volume_report
 from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from ..predictions import above, dataset_category_ids, to_coco_results
+from ..modeling.int8_box_head import BOX_HEADS
 from ..modeling.onnx_backbone import RUNTIMES
 from ..predictor import (CALIBRATION_IMAGES, PRECISIONS, BatchPredictor, calibration_sample,
                          predict_volume, read_input_image)
@@ -53,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--calibrate-on", nargs="+", metavar="IMAGES",
                    help="folders, globs or files of training images that calibrate the int8 "
                         f"backbone ({CALIBRATION_IMAGES} of them, spread evenly, are used)")
+    p.add_argument("--box-head", choices=BOX_HEADS, default="fp32",
+                   help="int8: the box head's fully connected layers in int8, quantized "
+                        "dynamically (CPU only; README, Performance)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16; "
                         "bf16-backbone: only ResNet and FPN's, the heads in fp32")
@@ -176,7 +180,7 @@ def main(argv=None):
     category_ids = dataset_category_ids(meta)
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision,
-                               calibration_images=calibration)
+                               calibration_images=calibration, box_head=args.box_head)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):
