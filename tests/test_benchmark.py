@@ -24,7 +24,7 @@ CPU_RECIPE = os.path.join(CONFIGS, "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml")
 # proposals, 67 of 68 detections).
 MAX_INT8_FEATURE_ERROR = 0.05  # relative L2 error of the box head's output features
 MIN_INT8_SAME_CLASS = 0.98  # share of proposals whose highest-scoring class is unchanged
-MIN_INT8_FOUND = 0.9  # share of confident fp32 detections found end to end
+MIN_INT8_FOUND = 0.9  # share of confident fp32 detections an int8 variant finds end to end
 
 
 def box_iou(a, b):
@@ -33,14 +33,16 @@ def box_iou(a, b):
     return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
 
 
-def test_onnxruntime_backbone_and_channels_last_give_the_plain_fp32_detections(checkpoint):
+def test_onnxruntime_backbone_channels_last_and_gathered_roi_align_give_the_fp32_detections(
+        checkpoint):
     weights, root = checkpoint
     files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
     cfg = predictor_cfg(weights)
     reference = BatchPredictor(cfg, channels_last=False)(files, masks="array")
     assert any(len(r["scores"]) for r in reference), "the trained phantom model should detect"
     for options in ({"backbone_runtime": "onnxruntime", "channels_last": False},
-                    {"channels_last": True}):
+                    {"channels_last": True}, {"roi_align": "gather", "channels_last": False},
+                    {"roi_align": "gather", "channels_last": True}):
         results = BatchPredictor(cfg, **options)(files, masks="array")
         for r, ref in zip(results, reference):
             np.testing.assert_allclose(r["scores"], ref["scores"], atol=1e-3, err_msg=str(options))
@@ -90,8 +92,10 @@ def test_bf16_backbone_computes_the_backbone_in_bf16_and_the_heads_in_fp32(check
 
 
 def test_int8_backbone_finds_the_fp32_tumors(checkpoint):
-    """The int8 backbone (calibrated on training slices) moves scores and boxes a little, but
-    every confident fp32 detection is still found at the detection criterion (box IoU >= 0.5)."""
+    """The int8 backbone and RPN head (calibrated on training slices) move scores, proposals and
+    boxes a little, but most confident fp32 detections are still found at the detection criterion
+    (box IoU >= 0.5; measured 67 of 68 on the phantom model, trained 60 iterations only; the
+    benchmark measures AP on real slices)."""
     weights, root = checkpoint
     files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
     train = calibration_sample(sorted(glob.glob(os.path.join(root, "train", "*.jpg"))), 16)
@@ -104,12 +108,25 @@ def test_int8_backbone_finds_the_fp32_tumors(checkpoint):
     # its threads sleep after a run rather than spin on the cores torch's heads need next
     options = int8.model.backbone.onnx_session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    confident = 0
+    # The RPN head's convolutions run in the session, its two 1x1 predictors unquantized.
+    graph = onnx.load_from_string(int8.model.backbone.onnx_graph).graph
+    dequantized = {o for node in graph.node if node.op_type == "DequantizeLinear"
+                   for o in node.output}
+    predictors = [node for node in graph.node
+                  if any(o.startswith(("objectness_", "deltas_")) for o in node.output)]
+    assert len(predictors) == 2 * len(int8.model.proposal_generator.in_features)
+    assert all(node.op_type == "Conv" and node.input[1] not in dequantized
+               for node in predictors)
+    torch_rpn_head_runs = []
+    int8.model.proposal_generator.rpn_head.conv.register_forward_hook(
+        lambda *args: torch_rpn_head_runs.append(1))
+    confident = found = 0
     for ref, r in zip(BatchPredictor(cfg)(files), int8(files)):
         for box in ref["boxes"][ref["scores"] >= 0.5]:
             confident += 1
-            assert max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
-    assert confident
+            found += max((box_iou(box, b) for b in r["boxes"]), default=0) >= 0.5
+    assert confident and found >= MIN_INT8_FOUND * confident, (found, confident)
+    assert not torch_rpn_head_runs
 
 
 def test_int8_box_head_stays_close_to_fp32(checkpoint):
@@ -299,7 +316,8 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
         within = all(abs(r[k] - same[k]) <= 0.5 for k in ("bbox_AP", "bbox_AP50", "segm_AP",
                                                           "segm_AP50"))
         assert r["equal_AP"] == (r["size"] == same["size"] and within), r["variant"]
-    assert "int8" in by_name["BatchPredictor int8 backbone (ONNX Runtime), channels-last heads"][
+    assert "int8" in by_name[
+        "BatchPredictor int8 backbone and RPN head (ONNX Runtime), channels-last heads"][
         "backbone_runtime"]
     assert result["evaluation"]["images"] == 3
     stages = result["stages"]

@@ -25,6 +25,7 @@ from .checkpoint import SafeCheckpointer, resolve_weights
 from .engine.amp import slow_bf16_warning
 from .data.volumes import DEFAULT_PERCENTILES, VolumeError, window_to_uint8
 from .files import image_depth_problem
+from .modeling.gather_roi_align import ROI_ALIGNS, use_gather_roi_align
 from .modeling.int8_box_head import BOX_HEADS, quantize_box_head
 from .modeling.onnx_backbone import RUNTIMES, use_onnxruntime_backbone
 from .modeling.tta import augmented_model
@@ -169,17 +170,21 @@ class BatchPredictor:
 
     def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
                  channels_last=True, backbone_runtime="torch", calibration_images=(),
-                 box_head="fp32"):
+                 box_head="fp32", roi_align="torchvision"):
         """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
         are still decoded in fp32), ``"bf16-backbone"`` only the backbone's (ResNet and FPN), its
         features handed to the heads in fp32; ``channels_last`` stores the model's convolution
         weights NHWC (same results; the default, as it was the fastest fp32 setting measured);
         ``backbone_runtime="onnxruntime"`` runs the backbone (ResNet and FPN, most of the compute)
-        as an ONNX Runtime session exported at start-up, and ``"onnxruntime-int8"`` that session
-        quantized to int8, its activation ranges calibrated on ``calibration_images`` (paths or
-        arrays, as for prediction; training images, a few dozen); ``box_head="int8"`` runs the
+        and the RPN head's convolutions as an ONNX Runtime session exported at start-up, and
+        ``"onnxruntime-int8"`` that session quantized to int8, its activation ranges calibrated
+        on ``calibration_images`` (paths or arrays, as for prediction; training images, a few
+        dozen); ``box_head="int8"`` runs the
         box head's fully connected layers in int8, quantized dynamically (no calibration; CPU only;
-        :mod:`tumorseg_d2.modeling.int8_box_head`).
+        :mod:`tumorseg_d2.modeling.int8_box_head`); ``roi_align="gather"`` pools the regions with
+        one weighted gather per sampling grid instead of torchvision's region-by-region CPU kernel
+        (the same values up to float rounding, several times faster on the CPU;
+        :mod:`tumorseg_d2.modeling.gather_roi_align`).
         tools/benchmark.py measures each (README, Performance). bf16 pays only on CPUs with
         native bfloat16 (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
         if on_error not in ("raise", "skip"):
@@ -207,6 +212,10 @@ class BatchPredictor:
                 raise ValueError("box_head 'int8' takes fp32 inputs; it does not combine with "
                                  "precision 'bf16' (use 'fp32' or 'bf16-backbone').")
             quantize_box_head(self.model)
+        if roi_align not in ROI_ALIGNS:
+            raise ValueError(f"roi_align is {roi_align!r}; use one of {ROI_ALIGNS}.")
+        if roi_align == "gather":
+            use_gather_roi_align(self.model)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)

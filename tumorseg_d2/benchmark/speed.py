@@ -313,13 +313,18 @@ def inference_variants(cfg):
         on_gpu or native_bf16_on_cpu()) else []
     # ONNX Runtime runs the backbone on the CPU: beside a GPU it would measure the CPU.
     onnx = [] if on_gpu else [
-        ("BatchPredictor fp32, ONNX Runtime backbone", dict(batch, backbone_runtime="onnxruntime")),
-        ("BatchPredictor int8 backbone (ONNX Runtime), channels-last heads",
+        ("BatchPredictor fp32, ONNX Runtime backbone and RPN head",
+         dict(batch, backbone_runtime="onnxruntime")),
+        ("BatchPredictor int8 backbone and RPN head (ONNX Runtime), channels-last heads",
          dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
               calibration_images=CALIBRATION_IMAGES)),
-        ("BatchPredictor int8 backbone (ONNX Runtime) and int8 box head, channels-last",
+        ("BatchPredictor int8 backbone and RPN head (ONNX Runtime), int8 box head, channels-last",
          dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
               calibration_images=CALIBRATION_IMAGES, box_head="int8")),
+        ("BatchPredictor int8 backbone and RPN head (ONNX Runtime), int8 box head, gathered "
+         "RoIAlign, channels-last",
+         dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
+              calibration_images=CALIBRATION_IMAGES, box_head="int8", roi_align="gather")),
     ]
     return [
         ("detectron2 DefaultPredictor, model-zoo size (reference)",
@@ -367,7 +372,8 @@ def batch_predictor_runner(cfg, settings):
                                channels_last=settings["channels_last"],
                                backbone_runtime=settings.get("backbone_runtime", "torch"),
                                calibration_images=calibration,
-                               box_head=settings.get("box_head", "fp32"))
+                               box_head=settings.get("box_head", "fp32"),
+                               roi_align=settings.get("roi_align", "torchvision"))
 
     def run(records):
         return predictor([r["file_name"] for r in records], masks="rle")
@@ -479,7 +485,8 @@ def stage_seconds(timed, wall):
     features, timed apart as it takes about as long as the RPN) and the mask head (its own RoIAlign
     included); everything else is what no hook covers (reading and decoding, resizing,
     normalizing and padding, pasting masks at the image's size, RLE encoding, and for
-    BatchPredictor the wait for its decoding workers)."""
+    BatchPredictor the wait for its decoding workers). With an ONNX Runtime backbone, the
+    backbone's time includes the RPN head's convolutions, which run in the same session."""
     mask = timed["roi_heads.mask_pooler"] + timed["roi_heads.mask_head"]
     pooling = timed["roi_heads.box_pooler"]
     stages = [timed["backbone"], timed["proposal_generator"], pooling,

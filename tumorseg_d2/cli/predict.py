@@ -28,6 +28,7 @@ from ..engine.run import setup
 from ..evaluation.volumes import volume_report
 from ..files import refuse_output_in_training_run, refuse_output_inside_inputs, write_json
 from ..predictions import above, dataset_category_ids, to_coco_results
+from ..modeling.gather_roi_align import ROI_ALIGNS
 from ..modeling.int8_box_head import BOX_HEADS
 from ..modeling.onnx_backbone import RUNTIMES
 from ..predictor import (CALIBRATION_IMAGES, PRECISIONS, BatchPredictor, calibration_sample,
@@ -49,14 +50,18 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace the files of an earlier tumorseg predict run in --output")
     p.add_argument("--backbone-runtime", choices=RUNTIMES, default="torch",
-                   help="onnxruntime: run ResNet+FPN in ONNX Runtime; onnxruntime-int8: that, "
-                        "quantized to int8 (needs --calibrate-on; README, Performance)")
+                   help="onnxruntime: run ResNet+FPN and the RPN head's convolutions in ONNX "
+                        "Runtime; onnxruntime-int8: that, quantized to int8 (needs "
+                        "--calibrate-on; README, Performance)")
     p.add_argument("--calibrate-on", nargs="+", metavar="IMAGES",
                    help="folders, globs or files of training images that calibrate the int8 "
                         f"backbone ({CALIBRATION_IMAGES} of them, spread evenly, are used)")
     p.add_argument("--box-head", choices=BOX_HEADS, default="fp32",
                    help="int8: the box head's fully connected layers in int8, quantized "
                         "dynamically (CPU only; README, Performance)")
+    p.add_argument("--roi-align", choices=ROI_ALIGNS, default="torchvision",
+                   help="gather: pool the regions with weighted gathers instead of torchvision's "
+                        "region-by-region CPU kernel; same values, faster (README, Performance)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16; "
                         "bf16-backbone: only ResNet and FPN's, the heads in fp32")
@@ -180,7 +185,8 @@ def main(argv=None):
     category_ids = dataset_category_ids(meta)
     predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision,
-                               calibration_images=calibration, box_head=args.box_head)
+                               calibration_images=calibration, box_head=args.box_head,
+                               roi_align=args.roi_align)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):
