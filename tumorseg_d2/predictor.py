@@ -181,9 +181,9 @@ class BatchPredictor:
         on ``calibration_images`` (paths or arrays, as for prediction; training images, a few
         dozen); ``box_head="int8"`` runs the
         box head's fully connected layers in int8, quantized dynamically (no calibration; CPU only;
-        :mod:`tumorseg_d2.modeling.int8_box_head`); ``roi_align="gather"`` pools the regions with
-        one weighted gather per sampling grid instead of torchvision's region-by-region CPU kernel
-        (the same values up to float rounding, several times faster on the CPU;
+        :mod:`tumorseg_d2.modeling.int8_box_head`); ``roi_align="gather"`` pools the regions of all
+        FPN levels at once as weighted gathers instead of torchvision's region-by-region CPU
+        kernel (the same values up to float rounding, several times faster on the CPU;
         :mod:`tumorseg_d2.modeling.gather_roi_align`).
         tools/benchmark.py measures each (README, Performance). bf16 pays only on CPUs with
         native bfloat16 (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
@@ -205,6 +205,10 @@ class BatchPredictor:
                 raise ValueError(f"precision 'bf16-backbone' runs the torch backbone; it does not "
                                  f"combine with backbone_runtime {backbone_runtime!r}.")
             autocast_backbone(self.model, torch.bfloat16)
+        if roi_align not in ROI_ALIGNS:
+            raise ValueError(f"roi_align is {roi_align!r}; use one of {ROI_ALIGNS}.")
+        if roi_align == "gather":
+            use_gather_roi_align(self.model)  # before int8: it reorders fc1's inputs
         if box_head not in BOX_HEADS:
             raise ValueError(f"box_head is {box_head!r}; use one of {BOX_HEADS}.")
         if box_head == "int8":
@@ -212,10 +216,6 @@ class BatchPredictor:
                 raise ValueError("box_head 'int8' takes fp32 inputs; it does not combine with "
                                  "precision 'bf16' (use 'fp32' or 'bf16-backbone').")
             quantize_box_head(self.model)
-        if roi_align not in ROI_ALIGNS:
-            raise ValueError(f"roi_align is {roi_align!r}; use one of {ROI_ALIGNS}.")
-        if roi_align == "gather":
-            use_gather_roi_align(self.model)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)

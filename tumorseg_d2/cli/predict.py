@@ -60,8 +60,9 @@ def parse_args(argv=None):
                    help="int8: the box head's fully connected layers in int8, quantized "
                         "dynamically (CPU only; README, Performance)")
     p.add_argument("--roi-align", choices=ROI_ALIGNS, default="torchvision",
-                   help="gather: pool the regions with weighted gathers instead of torchvision's "
-                        "region-by-region CPU kernel; same values, faster (README, Performance)")
+                   help="gather: pool the regions of all FPN levels at once as weighted gathers "
+                        "instead of torchvision's region-by-region CPU kernel; same values, "
+                        "faster (README, Performance)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16; "
                         "bf16-backbone: only ResNet and FPN's, the heads in fp32")
