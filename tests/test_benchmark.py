@@ -10,8 +10,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from tumorseg_d2.benchmark.speed import (STAGES, TIMED_MODULES, PeakMemory, StageTimer,
-                                         inference_variants, model_macs, stage_seconds)
+from tumorseg_d2.benchmark.speed import (OURS_BF16_PLAIN, STAGES, TIMED_MODULES, PeakMemory,
+                                         StageTimer, inference_variants, model_macs,
+                                         stage_seconds)
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.engine.amp import native_bf16_on_cpu
 from tumorseg_d2.modeling.int8_box_head import quantize_box_head
@@ -274,14 +275,14 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     weights, root = checkpoint
     out = tmp_path / "bench"
     proc = run_tool("benchmark.py", "--output", str(out), "--images", "3", "--repeats", "1",
-                    "--train-iters", "2", "--train-rounds", "1",
+                    "--train-iters", "2", "--train-rounds", "1", "--profile-iters", "2",
                     "--config-file", SCRATCH_CFG,
                     "MODEL.WEIGHTS", weights, "DATASETS.TUMORSEG_ROOT", root, *TINY,
                     "OUTPUT_DIR", str(tmp_path / "unused"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.load(open(out / "benchmark.json"))
-    assert set(result) >= {"machine", "limit", "training", "loading", "inference", "evaluation",
-                           "stages"}
+    assert set(result) >= {"machine", "limit", "training", "training_profile", "loading",
+                           "inference", "evaluation", "stages"}
     assert result["training"]["ratio"] > 0 and result["loading"]["ratio"] > 0
     assert result["training"]["tumorseg_d2 Trainer"]["iterations_timed"] == 2
     # Without native bf16 (a reference kernel, many times slower) one iteration says enough.
@@ -290,6 +291,16 @@ def test_benchmark_cli_writes_json_and_table(checkpoint, tmp_path):
     assert bf16["iterations_timed"] == (2 if native_bf16 else 1)
     assert result["training"]["bf16_ratio"] > 0
     assert result["training"]["bf16_native"] == native_bf16
+    if TEST_DEVICE == "cpu":  # the recipe's gathered RoIAlign and channels-last, timed off too
+        assert result["training"][OURS_BF16_PLAIN]["iterations_timed"] == bf16["iterations_timed"]
+    # The profile trains the config as it is: its optimizer, RoIAlign and layout.
+    profile = result["training_profile"]
+    assert profile["config"] == {**profile["config"], "optimizer": "ADAMW", "ROI_ALIGN": "gather",
+                                 "CHANNELS_LAST": True, "iters_profiled": 2}
+    shares = [o["share"] for o in profile["operators"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert any("convolution" in o["name"] for o in profile["operators"])
+    assert "Where training spends its time" in (out / "benchmark.md").read_text()
     rows = result["inference"]
     variants = inference_variants(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, TINY))
     assert [r["variant"] for r in rows] == [name for name, _ in variants]

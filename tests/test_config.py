@@ -9,7 +9,7 @@ from tumorseg_d2.config import get_tumorseg_cfg, merge_config, validate_config
 from tumorseg_d2.data import register_tumorseg
 from tumorseg_d2.engine import Trainer, check_num_classes
 
-from conftest import RECIPE_CFG, REPO, SCRATCH_CFG
+from conftest import RECIPE_CFG, REPO, SCRATCH_CFG, TEST_DEVICE
 
 
 def load(path, *opts):
@@ -44,12 +44,17 @@ def test_learning_rate_is_constant_after_warmup():
                                       ("ADAMW", torch.optim.AdamW)])
 def test_optimizer_from_config(name, cls):
     cfg = load(SCRATCH_CFG, "SOLVER.OPTIMIZER", name, "SOLVER.BETAS", "(0.8, 0.99)")
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2)).to(TEST_DEVICE)
     opt = Trainer.build_optimizer(cfg, model)
     assert isinstance(opt, cls)
     assert opt.param_groups[0]["lr"] == cfg.SOLVER.BASE_LR
     if name != "SGD":
         assert opt.param_groups[0]["betas"] == (0.8, 0.99)
+        # one fused step on the CPU; on CUDA PyTorch's default (float16's GradScaler would
+        # unscale inside a fused step, after gradient clipping)
+        assert opt.defaults["fused"] is (True if TEST_DEVICE == "cpu" else None)
+        model(torch.ones(1, 1, 5, 5, device=TEST_DEVICE)).sum().backward()
+        opt.step()  # a fused step runs on these parameters
 
 
 def test_bad_values_are_rejected_with_the_key():

@@ -1,15 +1,18 @@
-"""The gathered RoIAlign (BatchPredictor's roi_align="gather") against torchvision's kernel, which
-it replaces: same values on the cases RoIAlign distinguishes, and the same box head outputs."""
+"""The gathered RoIAlign (BatchPredictor's roi_align="gather", MODEL.ROI_ALIGN "gather" in
+training) against torchvision's kernel, which it replaces: same values and gradients on the cases
+RoIAlign distinguishes, and the same box head outputs and training losses."""
 import copy
 
 import pytest
 import torch
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes
+from detectron2.structures import BitMasks, Boxes, Instances
+from detectron2.utils.events import EventStorage
 from torchvision.ops import roi_align
 
 import tumorseg_d2.modeling.gather_roi_align as gathered
-from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+from tumorseg_d2.config import get_tumorseg_cfg, merge_config, validate_config
+from tumorseg_d2.engine.trainer import Trainer
 from tumorseg_d2.modeling.gather_roi_align import (GatherROIPooler, PixelsFirstFlatten,
                                                    gather_roi_align, use_gather_roi_align)
 from tumorseg_d2.modeling.int8_box_head import quantize_box_head
@@ -33,10 +36,17 @@ def test_gather_roi_align_equals_torchvision(aligned, sampling_ratio, stride):
     size = 320 // stride
     features = torch.randn(3, 16, size, size + 3, generator=generator)
     rois = random_rois(3, 200, 320, generator)
+    features.requires_grad_(True)
     expected = roi_align(features, rois, (7, 7), 1 / stride, sampling_ratio, aligned)
     got = gather_roi_align(features, rois, (7, 7), 1 / stride, sampling_ratio, aligned)
     assert got.shape == expected.shape == (200, 16, 7, 7)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # training: the gradient reaching the map is torchvision's backward
+    upstream = torch.randn(expected.shape, generator=generator)
+    expected_grad, = torch.autograd.grad(expected, features, upstream)
+    got_grad, = torch.autograd.grad(got, features, upstream)
+    torch.testing.assert_close(got_grad, expected_grad, atol=1e-4, rtol=1e-5)
+    features = features.detach()
     # the layout of the map does not change the result
     channels_last = features.to(memory_format=torch.channels_last)
     torch.testing.assert_close(
@@ -128,11 +138,17 @@ def test_the_box_and_mask_poolers_share_one_pixel_table_per_call(monkeypatch):
     assert model.roi_heads.box_pooler.table_cache.table is None
 
 
-def test_gather_pooler_leaves_other_dtypes_to_torchvision():
+def box_pooler_and_gathered_twin():
+    """A scratch model, its box pooler and a GatherROIPooler copy of it."""
     model = scratch_model()
     pooler = model.roi_heads.box_pooler
     gather = copy.deepcopy(pooler)
     gather.__class__ = GatherROIPooler
+    return model, pooler, gather
+
+
+def test_gather_pooler_leaves_other_dtypes_to_torchvision():
+    model, pooler, gather = box_pooler_and_gathered_twin()
     generator = torch.Generator().manual_seed(3)
     features = random_features(model, 1, generator)
     maps = [features[f].double() for f in model.roi_heads.box_in_features]
@@ -140,3 +156,103 @@ def test_gather_pooler_leaves_other_dtypes_to_torchvision():
     result = gather(maps, boxes)
     assert result.dtype == torch.float64 and result.is_contiguous()  # torchvision's layout
     torch.testing.assert_close(result, pooler(maps, boxes))
+
+
+def test_gather_pooler_under_bf16_autocast_equals_torchvision_in_fp32():
+    """Training under bf16 autocast: bf16 maps pooled in fp32 and returned in bf16, with the
+    gradient of torchvision's RoIAlign on the same maps in fp32. (Detectron2's own ROIAlign
+    casts the boxes to the maps' dtype, so under autocast it pools boxes rounded to bf16's 8
+    significant bits: corners up to 0.5 px off at 128-256 px. The gathered pooler keeps them in
+    fp32.)"""
+    model, pooler, gather = box_pooler_and_gathered_twin()
+    generator = torch.Generator().manual_seed(4)
+    features = random_features(model, 2, generator)
+    boxes = random_boxes(2, 100, generator)
+    bf16_maps = [features[f].bfloat16() for f in model.roi_heads.box_in_features]
+    results = []
+    for p, maps in ((pooler, [m.float() for m in bf16_maps]), (gather, bf16_maps)):
+        maps = [m.clone().requires_grad_(True) for m in maps]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = p(maps, boxes)
+        grads = torch.autograd.grad(out.float().square().sum(), maps)
+        results.append((out, grads))
+    (expected, expected_grads), (got, got_grads) = results
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected.bfloat16())
+    for g, e in zip(got_grads, expected_grads):
+        assert g.dtype == torch.bfloat16  # the maps' dtype
+        # the upstream gradient is 2 * out, in bf16 here and fp32 there
+        torch.testing.assert_close(g.float(), e, atol=0.02 * e.abs().max(), rtol=0.02)
+
+
+def roi_heads_training_batch(generator, images=2):
+    """Proposals and ground truth (one tumor per image, its mask a blob) for the ROI heads."""
+    proposals, targets = [], []
+    for i in range(images):
+        corner = torch.rand(300, 2, generator=generator) * 280
+        # 4-590 px, about square, so on every FPN level
+        size = torch.exp(torch.rand(300, 1, generator=generator) * 5) * 4
+        size = size * (0.8 + 0.4 * torch.rand(300, 2, generator=generator))
+        proposal = Instances((320, 320))
+        proposal.proposal_boxes = Boxes(torch.cat([corner, corner + size], 1))
+        proposal.objectness_logits = torch.randn(300, generator=generator)
+        proposals.append(proposal)
+        target = Instances((320, 320))
+        target.gt_boxes = Boxes(torch.tensor([[60.0 + 20 * i, 80, 170, 190 - 10 * i]]))
+        target.gt_classes = torch.tensor([i % 2])
+        mask = torch.zeros(1, 320, 320, dtype=torch.bool)
+        mask[0, 90:180, 70 + 20 * i:160] = True
+        target.gt_masks = BitMasks(mask)
+        targets.append(target)
+    return proposals, targets
+
+
+def test_trainer_model_with_gather_and_channels_last_trains_alike():
+    """MODEL.ROI_ALIGN gather and MODEL.CHANNELS_LAST: the trainer's model keeps Detectron2's
+    parameters (its checkpoints load into a plain model) and its ROI heads give the same losses
+    and gradients as torchvision's RoIAlign on the same proposals."""
+    def trainer_model(*opts):
+        cfg = merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.DEVICE", "cpu", *opts])
+        validate_config(cfg)
+        torch.manual_seed(0)
+        return Trainer.build_model(cfg).train()
+
+    plain = trainer_model("MODEL.ROI_ALIGN", "torchvision", "MODEL.CHANNELS_LAST", "False")
+    fast = trainer_model("MODEL.ROI_ALIGN", "gather", "MODEL.CHANNELS_LAST", "True")
+    heads = fast.roi_heads
+    assert type(heads.box_pooler) is type(heads.mask_pooler) is GatherROIPooler
+    assert type(heads.box_head.flatten) is torch.nn.Flatten  # fc1 keeps Detectron2's order
+    conv = fast.backbone.bottom_up.stem.conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    state = fast.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in
+                                                      plain.state_dict().items()}
+    for k, v in state.items():
+        torch.testing.assert_close(v, plain.state_dict()[k])  # same initial weights
+    generator = torch.Generator().manual_seed(5)
+    features = {k: v for k, v in random_features(plain, 2, generator).items()
+                if k in plain.roi_heads.box_in_features}
+    proposals, targets = roi_heads_training_batch(generator)
+    runs = []
+    for model in (plain, fast):
+        maps = {k: v.clone().requires_grad_(True) for k, v in features.items()}
+        torch.manual_seed(1)  # the same sampled proposals
+        with EventStorage():
+            _, losses = model.roi_heads(None, maps, proposals, targets)
+        params = [p for p in model.roi_heads.parameters()]
+        grads = torch.autograd.grad(sum(losses.values()), [*maps.values(), *params])
+        runs.append((losses, grads))
+    (plain_losses, plain_grads), (fast_losses, fast_grads) = runs
+    assert set(fast_losses) == {"loss_cls", "loss_box_reg", "loss_mask"}
+    for name, loss in plain_losses.items():
+        torch.testing.assert_close(fast_losses[name], loss, atol=1e-5, rtol=1e-5)
+    # The gradient reaching each FPN level (the pooler's backward) elementwise; the weights'
+    # as a whole, since a ReLU whose input is within rounding of 0 passes or stops its
+    # gradient depending on the summation order of the kernels (channels-last is another).
+    for got, expected in zip(fast_grads[:len(maps)], plain_grads):
+        assert expected.abs().max() > 0  # proposals on every level
+        torch.testing.assert_close(got, expected, atol=1e-3 * expected.abs().max(), rtol=1e-3)
+    for got, expected in zip(fast_grads[len(maps):], plain_grads[len(maps):]):
+        assert (got - expected).norm() <= 1e-2 * expected.norm()
+    with pytest.raises(ValueError, match="MODEL.ROI_ALIGN is 'fast'"):
+        validate_config(merge_config(get_tumorseg_cfg(), SCRATCH_CFG, ["MODEL.ROI_ALIGN", "fast"]))

@@ -8,6 +8,7 @@ from detectron2.config import get_cfg
 
 from .files import load_yaml
 from .modeling.pixel_seg import LOSSES  # also registers the pixel-segmentation meta-architectures
+from .modeling.gather_roi_align import ROI_ALIGNS
 
 OPTIMIZERS = ("SGD", "ADAM", "ADAMW")
 
@@ -74,6 +75,15 @@ def add_tumorseg_config(cfg):
     # Mixed-precision training (SOLVER.AMP.ENABLED, tumorseg_d2/engine/amp.py): "bfloat16" runs
     # on CPUs with bf16 (AVX-512 bf16, AMX) and recent GPUs; "float16" on CUDA, with loss scaling.
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # The model that trains and validates (tumorseg_d2/engine/trainer.py): "gather" pools the
+    # regions of the box and mask heads by weighted gathers on the CPU
+    # (tumorseg_d2/modeling/gather_roi_align.py), the same RoIAlign up to float rounding with a
+    # backward pass several times faster than torchvision's ("torchvision": Detectron2's own);
+    # CHANNELS_LAST keeps the convolutions' weights and activations channels-last, the layout
+    # oneDNN's CPU kernels prefer. Neither changes the checkpoints. Inference picks its own
+    # (tools/predict.py --roi-align; BatchPredictor is channels-last).
+    cfg.MODEL.ROI_ALIGN = "torchvision"
+    cfg.MODEL.CHANNELS_LAST = False
     # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
     cfg.MODEL.PIXEL_SEG = CN()
     cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S
@@ -106,6 +116,8 @@ def validate_config(cfg):
                          "(keep every checkpoint) or the number of recent ones to keep.")
     if cfg.MODEL.PIXEL_SEG.LOSS.upper() not in LOSSES:
         raise ValueError(f"MODEL.PIXEL_SEG.LOSS is {cfg.MODEL.PIXEL_SEG.LOSS!r}; use one of {LOSSES}.")
+    if cfg.MODEL.ROI_ALIGN not in ROI_ALIGNS:
+        raise ValueError(f"MODEL.ROI_ALIGN is {cfg.MODEL.ROI_ALIGN!r}; use one of {ROI_ALIGNS}.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):
         raise ValueError(f"TEST.BEST_MODE is {cfg.TEST.BEST_MODE!r}; use 'max' or 'min'.")
     if cfg.TEST.EARLY_STOP_PATIENCE and not cfg.TEST.BEST_METRIC:

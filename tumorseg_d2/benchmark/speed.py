@@ -1,6 +1,6 @@
 """Benchmarks side by side with plain Detectron2 (``tumorseg benchmark``): training and data loading
-throughput, batch inference, evaluation time, where inference spends its time, and the machine's
-limit. Every figure is the median
+throughput, batch inference, evaluation time, where inference and training spend their time, and
+the machine's limit. Every figure is the median
 of several runs after a warm-up; each project figure is reported with its ratio to Detectron2's,
 measured in the same run, since absolute times drift on a shared machine and ratios hold."""
 import contextlib
@@ -185,12 +185,13 @@ class _StepTimes(HookBase):
         self._last = now
 
 
-def training_config(cfg, iters, output_dir):
+def training_config(cfg, iters, output_dir, optimizer="SGD"):
     """``cfg`` for timing ``iters`` iterations in both trainers: SGD (DefaultTrainer has no other
-    optimizer), no checkpoints, and no evaluation (DefaultTrainer would test, ours validate)."""
+    optimizer; ``optimizer=None`` keeps the config's), no checkpoints, and no evaluation
+    (DefaultTrainer would test, ours validate)."""
     cfg = cfg.clone()
     cfg.defrost()
-    cfg.SOLVER.OPTIMIZER = "SGD"
+    cfg.SOLVER.OPTIMIZER = optimizer or cfg.SOLVER.OPTIMIZER
     cfg.SOLVER.MAX_ITER = iters
     cfg.SOLVER.CHECKPOINT_PERIOD = 10**9
     cfg.TEST.EVAL_PERIOD = 0
@@ -202,11 +203,11 @@ def training_config(cfg, iters, output_dir):
     return cfg
 
 
-def training_step_times(trainer_cls, cfg, warmup, iters):
+def training_step_times(trainer_cls, cfg, warmup, iters, optimizer="SGD", hooks=()):
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = trainer_cls(training_config(cfg, warmup + iters, tmp))
+        trainer = trainer_cls(training_config(cfg, warmup + iters, tmp, optimizer))
         timer = _StepTimes()
-        trainer.register_hooks([timer])
+        trainer.register_hooks([timer, *hooks])
         trainer.train()
         del trainer
         # Free this run's loader workers and GPU memory now, not when the garbage collector
@@ -219,6 +220,7 @@ def training_step_times(trainer_cls, cfg, warmup, iters):
 
 OURS, DETECTRON2, OURS_BF16 = ("tumorseg_d2 Trainer", "detectron2 DefaultTrainer",
                                "tumorseg_d2 Trainer, bf16 autocast")
+OURS_BF16_PLAIN = "tumorseg_d2 Trainer, bf16 autocast, torchvision RoIAlign, channels-first"
 OURS_FP16, DETECTRON2_AMP = ("tumorseg_d2 Trainer, fp16 autocast",
                              "detectron2 DefaultTrainer, AMP (AMPTrainer, fp16)")
 
@@ -226,10 +228,16 @@ OURS_FP16, DETECTRON2_AMP = ("tumorseg_d2 Trainer, fp16 autocast",
 def training_runs(cfg):
     """(name, trainer class, config) of what the training section times, the AMP switch off
     (fp32) and on: bf16 autocast everywhere; on CUDA also float16 with loss scaling, beside
-    Detectron2's own AMP (DefaultTrainer with SOLVER.AMP.ENABLED runs its AMPTrainer, fp16)."""
+    Detectron2's own AMP (DefaultTrainer with SOLVER.AMP.ENABLED runs its AMPTrainer, fp16).
+    On the CPU, where the config turns on MODEL.ROI_ALIGN gather or MODEL.CHANNELS_LAST, bf16 is
+    also timed without them, to tell their share from bf16's."""
     fp32 = derived(cfg, {"SOLVER.AMP.ENABLED": False})
     bf16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "bfloat16"})
     runs = [(OURS, Trainer, fp32), (DETECTRON2, DefaultTrainer, fp32), (OURS_BF16, Trainer, bf16)]
+    on_cpu = torch.device(cfg.MODEL.DEVICE).type == "cpu"
+    if on_cpu and (cfg.MODEL.ROI_ALIGN != "torchvision" or cfg.MODEL.CHANNELS_LAST):
+        runs.append((OURS_BF16_PLAIN, Trainer, derived(bf16, {"MODEL.ROI_ALIGN": "torchvision",
+                                                              "MODEL.CHANNELS_LAST": False})))
     if torch.device(cfg.MODEL.DEVICE).type == "cuda":
         fp16 = derived(cfg, {"SOLVER.AMP.ENABLED": True, "SOLVER.AMP.PRECISION": "float16"})
         runs += [(OURS_FP16, Trainer, fp16), (DETECTRON2_AMP, DefaultTrainer, fp16)]
@@ -249,7 +257,8 @@ def benchmark_training(cfg, warmup, iters, rounds):
     for r in range(rounds):
         for name, cls, run_cfg in (runs if r % 2 == 0 else runs[::-1]):
             logger.info(f"training benchmark: {name}, round {r + 1}/{rounds}")
-            n_warmup, n_iters = (1, 1) if slow and name == OURS_BF16 else (warmup, iters)
+            bf16 = name in (OURS_BF16, OURS_BF16_PLAIN)
+            n_warmup, n_iters = (1, 1) if slow and bf16 else (warmup, iters)
             times[name] += training_step_times(cls, run_cfg, n_warmup, n_iters)
     batch = cfg.SOLVER.IMS_PER_BATCH
     out = {name: {"seconds_per_iter": statistics.median(t), "images_per_s":
@@ -263,8 +272,47 @@ def benchmark_training(cfg, warmup, iters, rounds):
                                                / out[DETECTRON2_AMP]["images_per_s"])
     out["config"] = {"IMS_PER_BATCH": batch, "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
                      "optimizer": "SGD", "warmup_iters": warmup, "iters_per_round": iters,
-                     "rounds": rounds}
+                     "rounds": rounds,
+                     # ours only: DefaultTrainer builds Detectron2's model as it is
+                     "ROI_ALIGN": cfg.MODEL.ROI_ALIGN, "CHANNELS_LAST": cfg.MODEL.CHANNELS_LAST}
     return out
+
+
+class _ProfileSteps(HookBase):
+    """torch.profiler over iterations ``first`` to ``first + count - 1``."""
+
+    def __init__(self, first, count):
+        self.first, self.last, self.profiler = first, first + count - 1, None
+
+    def before_step(self):
+        if self.trainer.iter == self.first:
+            self.profiler = torch.profiler.profile(activities=[
+                torch.profiler.ProfilerActivity.CPU])
+            self.profiler.__enter__()
+
+    def after_step(self):
+        if self.trainer.iter == self.last:
+            self.profiler.__exit__(None, None, None)
+
+
+def profile_training(cfg, warmup, iters, top=20):
+    """Where an iteration of training goes: our Trainer on ``cfg`` as it is (its optimizer,
+    precision, RoIAlign and layout; no validation), ``iters`` iterations under torch.profiler
+    after ``warmup``. The ``top`` operators by self CPU time (summed over threads, so shares
+    are of all the CPU time the profiler saw), in ms per iteration."""
+    profiler = _ProfileSteps(warmup, iters)
+    times = training_step_times(Trainer, cfg, warmup, iters, optimizer=None, hooks=[profiler])
+    events = sorted(profiler.profiler.key_averages(), key=lambda e: e.self_cpu_time_total,
+                    reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"seconds_per_iter": statistics.median(times),
+            "operators": [{"name": e.key, "ms_per_iter": e.self_cpu_time_total / 1e3 / iters,
+                           "share": e.self_cpu_time_total / total, "calls_per_iter":
+                           e.count / iters} for e in events[:top]],
+            "config": {"optimizer": cfg.SOLVER.OPTIMIZER, "IMS_PER_BATCH": cfg.SOLVER.IMS_PER_BATCH,
+                       "AMP": cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else "off",
+                       "ROI_ALIGN": cfg.MODEL.ROI_ALIGN, "CHANNELS_LAST": cfg.MODEL.CHANNELS_LAST,
+                       "warmup_iters": warmup, "iters_profiled": iters}}
 
 
 def loader_batch_times(loader, warmup, batches):
@@ -575,7 +623,7 @@ def macs_counter(dataset_name):
 
 
 def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8, train_warmup=5,
-                   train_iters=20, train_rounds=2, load_batches=20):
+                   train_iters=20, train_rounds=2, load_batches=20, profile_iters=10):
     """The sections asked for, in order; ``save(result)`` is called after each, so a failure or an
     interruption keeps what was measured."""
     result = {"machine": machine(), "dataset": dataset_name, "weights": cfg.MODEL.WEIGHTS or None,
@@ -596,6 +644,9 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
     save(result)
     if "train" in sections:
         result["training"] = benchmark_training(cfg, train_warmup, train_iters, train_rounds)
+        save(result)
+    if "profile" in sections:
+        result["training_profile"] = profile_training(cfg, train_warmup, profile_iters)
         save(result)
     if "load" in sections:
         result["loading"] = benchmark_loading(cfg, 3, load_batches)
@@ -622,7 +673,8 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
 def _side_by_side(title, section, what, time_label, time_key):
     """A section's rows (ours, Detectron2's, and our bf16 training where measured) and their
     images/s ratios to Detectron2, as Markdown lines."""
-    names = [k for k in (OURS, DETECTRON2, OURS_BF16, OURS_FP16, DETECTRON2_AMP) if k in section]
+    names = [k for k in (OURS, DETECTRON2, OURS_BF16, OURS_BF16_PLAIN, OURS_FP16, DETECTRON2_AMP)
+             if k in section]
     rows = [[k, fmt_value(section[k][time_key], digits=3),
              fmt_value(section[k]["images_per_s"], digits=2)] for k in names]
     ratios = f"Ratio tumorseg_d2 / Detectron2: **{section['ratio']:.3f}**"
@@ -654,6 +706,16 @@ def markdown(result):
         lines += _side_by_side("Training throughput (median s/iteration after warm-up, same "
                                "config, SGD):", result["training"], "trainer", "s/iter",
                                "seconds_per_iter")
+    if "training_profile" in result:
+        t = result["training_profile"]
+        c = t["config"]
+        lines += [f"Where training spends its time ({c['iters_profiled']} iterations under "
+                  f"torch.profiler, {c['optimizer']}, AMP {c['AMP']}, RoIAlign {c['ROI_ALIGN']}, "
+                  f"channels-last {c['CHANNELS_LAST']}; {t['seconds_per_iter']:.3f} s/iteration "
+                  "with the profiler on):", "",
+                  markdown_table(["operator (self time)", "ms/iteration", "share", "calls/iteration"],
+                                 [[o["name"], f"{o['ms_per_iter']:.1f}", f"{100 * o['share']:.1f}%",
+                                   f"{o['calls_per_iter']:.0f}"] for o in t["operators"]]), ""]
     if "loading" in result:
         lines += _side_by_side("Data loading alone (training loader, "
                                f"{result['loading']['config']['NUM_WORKERS']} workers):",

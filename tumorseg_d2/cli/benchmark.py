@@ -20,7 +20,7 @@ from ..evaluation.pipeline import dataset_for
 from ..files import refuse_output_in_training_run
 from .common import add_overrides, command_parser
 
-SECTIONS = ("limit", "train", "load", "infer", "eval", "stages")
+SECTIONS = ("limit", "train", "profile", "load", "infer", "eval", "stages")
 DEFAULT_CONFIG = "mask_rcnn_R_18_FPN_scratch_cpu_60min.yaml"
 
 
@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, help="only the split's first N images (a quick look)")
     p.add_argument("--train-iters", type=int, default=20, help="timed iterations per round")
     p.add_argument("--train-rounds", type=int, default=2)
+    p.add_argument("--profile-iters", type=int, default=10,
+                   help="profile: iterations of training under torch.profiler, after the warm-up")
     add_overrides(p)
     args = p.parse_args(argv)
     unknown = set(args.sections.split(",")) - set(SECTIONS)
@@ -67,7 +69,8 @@ def main(argv=None):
         save_results(result, args.output)
 
     run_benchmarks(cfg, name, args.sections.split(","), save, repeats=args.repeats,
-                   train_iters=args.train_iters, train_rounds=args.train_rounds)
+                   train_iters=args.train_iters, train_rounds=args.train_rounds,
+                   profile_iters=args.profile_iters)
     with open(os.path.join(args.output, "benchmark.md")) as f:
         print(f.read())
     print(f"Written: {args.output}/benchmark.json, {args.output}/benchmark.md")

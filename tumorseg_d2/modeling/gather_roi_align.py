@@ -1,23 +1,25 @@
-"""RoIAlign as weighted gathers over the feature maps' pixels, for CPU inference.
+"""RoIAlign as weighted gathers over the feature maps' pixels, for CPU inference and training.
 
-torchvision's CPU RoIAlign walks the regions one after another, one channel at a time: for the
-300 proposals per image of the CPU recipe it takes about as long as the whole ResNet-18 backbone
-in int8. Every output bin of RoIAlign is a weighted sum of feature-map pixels, so all bins of all
-regions can be computed by ``torch.nn.functional.embedding_bag`` over the maps laid out as
-(pixels, channels): a weighted sum of rows, vectorized over the channels, parallel over the bins.
+torchvision's CPU RoIAlign walks the regions one after another, one channel at a time: for the 300
+proposals per image of the CPU recipe it takes about as long as the whole ResNet-18 backbone in
+int8, and in training its backward pass alone took a third of each iteration. Every output bin of
+RoIAlign is a weighted sum of feature-map pixels, so all bins of all regions can be computed by
+``torch.nn.functional.embedding_bag`` over the maps laid out as (pixels, channels): a weighted sum
+of rows, vectorized over the channels, parallel over the bins.
 
 RoIAlign is separable: along each axis a bin's samples (about one per pixel with the adaptive
 ``sampling_ratio``) interpolate between neighbouring pixels, so the bin reads a window of at most
 ``grid + 1`` rows and as many columns, each pixel weighted by its row weight times its column
 weight. A bin of ``grid``x``grid`` samples thus takes ``(grid + 1)**2`` gathers, not the
-``4 * grid**2`` of sample-by-sample interpolation. Most regions are gathered as one dense
-(bins, taps) array padded to a common window, written straight into the output; the few with
-larger windows apart. :class:`GatherROIPooler` pools the regions of all FPN levels at once from
-one table of every level's pixels, which the mask pooler reuses, and its channels-last output is
-flattened in place for the box head (:class:`PixelsFirstFlatten`). The sample points and
-weights are torchvision's (``aligned``, adaptive or fixed ``sampling_ratio``, samples beyond one
-pixel outside the map count zero), so the result is the same up to float rounding; a test compares
-the two.
+``4 * grid**2`` of sample-by-sample interpolation. Most regions are gathered as one dense (bins, taps)
+array padded to a common window, written straight into the output; the few with larger windows
+apart. :class:`GatherROIPooler` pools the regions of all FPN levels at once from one table of every
+level's pixels, which the mask pooler reuses, and its channels-last output is flattened in place
+for the box head (:class:`PixelsFirstFlatten`; inference only, since it reorders the box head's
+weights). The gathers are differentiable: autograd's backward of ``embedding_bag`` scatters the
+gradient back to the pixels, the adjoint of the same sums. The sample points and weights are
+torchvision's (``aligned``, adaptive or fixed ``sampling_ratio``, samples beyond one pixel outside
+the map count zero), so the result is the same up to float rounding; a test compares the two.
 """
 import torch
 import torch.nn.functional as F
@@ -119,10 +121,11 @@ def _gather_pool(table, rois, first_pixel, heights, widths, scales, output_size,
 
 
 def _pixel_table(maps):
-    """The pixels of every map in ``maps`` (each N, C, H, W) as rows of one (pixels, C) table, and
-    each map's first row in it."""
+    """The pixels of every map in ``maps`` (each N, C, H, W) as rows of one fp32 (pixels, C)
+    table, and each map's first row in it. bf16 maps (autocast) are pooled in fp32, as
+    torchvision's RoIAlign does under autocast."""
     rows = [m.shape[0] * m.shape[2] * m.shape[3] for m in maps]
-    table = maps[0].new_empty((sum(rows), maps[0].shape[1]))
+    table = maps[0].new_empty((sum(rows), maps[0].shape[1]), dtype=torch.float32)
     starts, start = [], 0
     for m, count in zip(maps, rows):
         table[start:start + count].view(m.shape[0], m.shape[2], m.shape[3], -1).copy_(
@@ -138,17 +141,18 @@ def gather_roi_align(features, rois, output_size, spatial_scale, sampling_ratio,
     pixels) on ``features`` (N, C, H, W)."""
     _, _, height, width = features.shape
     table, _ = _pixel_table([features])
-    rois = rois.to(features.dtype)
+    rois = rois.to(table.dtype)
     image = rois[:, 0].long()
     full = torch.full_like(image, 1)
     out = _gather_pool(table, rois[:, 1:], image * height * width, full * height, full * width,
                        torch.full_like(rois[:, 0], spatial_scale), _pair(output_size),
                        sampling_ratio, aligned)
-    return out.permute(0, 3, 1, 2)
+    return out.permute(0, 3, 1, 2).to(features.dtype)
 
 
 def _gathers(x):
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.is_quantized
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and not x.is_quantized)
 
 
 class _TableCache:
@@ -171,9 +175,9 @@ class _TableCache:
 
 class GatherROIPooler(ROIPooler):
     """Detectron2's ROIPooler (RoIAlign levels) with every level's regions pooled at once by
-    :func:`_gather_pool` on fp32 CPU maps; torchvision's kernels elsewhere, where the batched
-    kernels are fast or other dtypes are asked for. The output is a (K, C, H, W) view of a
-    channels-last array."""
+    :func:`_gather_pool` on fp32 or bf16 (autocast) CPU maps, in fp32; torchvision's kernels
+    elsewhere, where the batched kernels are fast or other dtypes are asked for. The output, in
+    the maps' dtype, is a (K, C, H, W) view of a channels-last array."""
 
     table_cache = None  # a _TableCache shared by the poolers of one model
 
@@ -181,7 +185,7 @@ class GatherROIPooler(ROIPooler):
         if not (len(box_lists) and all(_gathers(m) for m in x)):
             return super().forward(x, box_lists)
         assert len(x) == len(self.level_poolers) and len(box_lists) == x[0].shape[0]
-        rois = convert_boxes_to_pooler_format(box_lists).to(x[0].dtype)
+        rois = convert_boxes_to_pooler_format(box_lists).float()
         if len(x) == 1:
             level = torch.zeros(len(rois), dtype=torch.long, device=rois.device)
         else:
@@ -197,7 +201,7 @@ class GatherROIPooler(ROIPooler):
         first = self.level_poolers[0]
         out = _gather_pool(table, rois[:, 1:], first_pixel, heights, widths, scales,
                            first.output_size, first.sampling_ratio, first.aligned)
-        return out.permute(0, 3, 1, 2)
+        return out.permute(0, 3, 1, 2).to(x[0].dtype)
 
 
 class PixelsFirstFlatten(torch.nn.Flatten):
@@ -226,17 +230,20 @@ def _flatten_pixels_first(box_head, pooler):
     box_head.flatten = PixelsFirstFlatten()
 
 
-def use_gather_roi_align(model):
+def use_gather_roi_align(model, flatten_pixels_first=True):
     """Every Detectron2 ROIPooler in ``model`` whose levels are RoIAlign (the box and mask
-    poolers) turned into a :class:`GatherROIPooler`, in place, and the box head's flatten read
-    its channels-last output in place (:class:`PixelsFirstFlatten`); returns ``model``."""
+    poolers) turned into a :class:`GatherROIPooler`, in place; returns ``model``. With
+    ``flatten_pixels_first`` the box head's flatten reads its channels-last output in place
+    (:class:`PixelsFirstFlatten`), which reorders fc1's weight: for inference, not for a model
+    that trains or saves checkpoints (they would not load into Detectron2's box head)."""
     found = [m for m in model.modules() if type(m) is ROIPooler
              and all(type(p) is ROIAlign for p in m.level_poolers)]
     for pooler in found:
         pooler.__class__ = GatherROIPooler
     if not found:
         raise ValueError(f"roi_align 'gather' replaces Detectron2's RoIAlign poolers; "
-                         f"{type(model).__name__} has none: use roi_align 'torchvision'.")
+                         f"{type(model).__name__} has none: use roi_align 'torchvision' "
+                         "(MODEL.ROI_ALIGN, --roi-align).")
     roi_heads = getattr(model, "roi_heads", None)
     if roi_heads is not None:
         cache = _TableCache()
@@ -245,6 +252,7 @@ def use_gather_roi_align(model):
         for pooler in roi_heads.modules():
             if isinstance(pooler, GatherROIPooler):
                 pooler.table_cache = cache
-        if isinstance(getattr(roi_heads, "box_pooler", None), GatherROIPooler):
+        if flatten_pixels_first and isinstance(getattr(roi_heads, "box_pooler", None),
+                                               GatherROIPooler):
             _flatten_pixels_first(roi_heads.box_head, roi_heads.box_pooler)
     return model
