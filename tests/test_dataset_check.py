@@ -3,8 +3,10 @@ known defects are reported, and training refuses a broken dataset before spendin
 import copy
 import json
 import os
+import re
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -44,6 +46,12 @@ def test_real_data_known_defects(real_root, tmp_path):
     assert "similarity" in pair and "pixel correlation" in pair
     assert not any(c in ("missing_image", "unreadable_image", "size_mismatch", "unlisted_file")
                    for _, c in found)
+    # The gliomas' boxes disagree between near-identical slices far more often than class "1"'s
+    # (README "Checking a dataset": 30 of 123 matches against 4 of 78).
+    boxes = next(f for f in report["findings"] if f["code"] == "inconsistent_boxes")
+    share = {name: int(low) / int(n) for name, low, n in
+             re.findall(r"class '(\d)': (\d+) of (\d+)", boxes["message"])}
+    assert share["0"] > 0.15 and share["0"] > 3 * share["1"], boxes["message"]
     print(f"checker on the full dataset: {report['seconds']} s")
 
 
@@ -188,3 +196,62 @@ def test_training_refuses_a_broken_dataset_before_any_compute(tmp_path):
     assert "tumorseg_valid: unknown_category" in proc.stderr
     assert "tools/check_dataset.py" in proc.stderr and "DATASETS.CHECK warn" in proc.stderr
     assert not os.path.exists(tmp_path / "run" / "metrics.json")  # nothing trained
+
+
+def test_labels_of_near_duplicates_known_answers(tmp_path):
+    """Pairs of identical slices whose labels agree (IoU 0.6), would not match each other at AP50 (IoU
+    1/7), change class, or list two boxes in another order (matched one to one: IoU 1 each)."""
+    from tumorseg_d2.data.check import check_splits, label_agreement
+
+    split = tmp_path / "train"
+    split.mkdir()
+    rng = np.random.default_rng(0)
+    boxes = {"agree": ([[1, [10, 10, 40, 40]]], [[1, [20, 10, 40, 40]]]),
+             "contradict": ([[1, [10, 10, 40, 40]]], [[1, [40, 10, 40, 40]]]),
+             "class": ([[1, [10, 10, 40, 40]]], [[2, [10, 10, 40, 40]]]),
+             "order": ([[2, [5, 5, 20, 20]], [2, [60, 60, 30, 30]]],
+                       [[2, [60, 60, 30, 30]], [2, [5, 5, 20, 20]]])}
+    images, anns = [], []
+    for name, sides in boxes.items():
+        noise = rng.integers(0, 256, (96, 96), np.uint8)  # unlike every other pair's noise
+        for side, labels in zip("ab", sides):
+            cv2.imwrite(str(split / f"{name}_{side}.png"), noise)
+            images.append({"id": len(images) + 1, "file_name": f"{name}_{side}.png",
+                           "width": 96, "height": 96})
+            for category, (x, y, w, h) in labels:
+                anns.append({"id": len(anns) + 1, "image_id": images[-1]["id"],
+                             "category_id": category, "bbox": [x, y, w, h], "area": w * h,
+                             "iscrowd": 0, "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "glioma"}, {"id": 2, "name": "meningioma"}]}
+    json.dump(coco, open(split / ANN, "w"))
+
+    findings, details = check_splits({"train": (str(split / ANN), str(split))}, workers=1)
+    fingerprints = {"train": {f: d[2:] for f, d in details["train"]["decoded"].items()}}
+    agreement = label_agreement(fingerprints, {"train": details["train"]["coco"]})
+    assert agreement["pairs"] == 4  # each slice is a near duplicate of its twin only
+    # Pairs are kept only where the pictures correlate at min_correlation (identical here: 1).
+    assert label_agreement(fingerprints, {"train": details["train"]["coco"]},
+                           min_correlation=1.01)["pairs"] == 0
+    assert agreement["category_mismatch"] == [(("train", "class_a.png"), ("train", "class_b.png"))]
+    ious = {name: sorted(round(iou, 4) for _, _, iou in matches)
+            for name, matches in agreement["matches"].items()}
+    assert ious == {"glioma": [round(1 / 7, 4), 0.6], "meningioma": [1.0, 1.0]}
+
+    found = {f.code: f for f in findings}
+    assert found["category_mismatch"].items == [
+        "train/class_a.png ~ train/class_b.png: glioma against meningioma"]
+    assert found["inconsistent_boxes"].items == [
+        "train/contradict_a.png ~ train/contradict_b.png: class 'glioma', box IoU 0.14"]
+    assert "class 'glioma': 1 of 2 (50.0%), median IoU 0.37" in found["inconsistent_boxes"].message
+    assert "class 'meningioma': 0 of 2 (0.0%), median IoU 1.00" in found["inconsistent_boxes"].message
+    assert all(f.severity == "warning" and "{" not in f.message for f in found.values())
+
+    # --pictures draws the two disagreeing pairs, the class change first.
+    out = tmp_path / "pictures"
+    proc = run_tool("check_dataset.py", str(split), "--pictures", str(out), "--workers", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 pairs disagree, the first 2 drawn" in proc.stdout
+    assert sorted(os.listdir(out)) == ["contact_sheet.png", "pair_01.png", "pair_02.png"]
+    first = cv2.imread(str(out / "pair_01.png"))
+    assert first.shape[1] == 2 * 320 and first.shape[0] > 320  # two tiles under the title bands

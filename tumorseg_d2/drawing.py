@@ -9,7 +9,7 @@ import os
 import cv2
 import numpy as np
 
-from .data.datasets import truth_instances
+from .data.datasets import CLASS_COLORS, truth_instances
 from .predictions import above, mask_arrays
 
 BAND = 28  # height of the title band above each tile
@@ -115,3 +115,35 @@ def save_rgb(path, image):
     """Write an RGB image (PNG by the extension), making its folder."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     cv2.imwrite(path, image[:, :, ::-1])
+
+
+def draw_disagreements(disagreements, boxes, image_dirs, folder, most=24, size=320):
+    """Each pair of :func:`tumorseg_d2.data.check.disagreements` (the first ``most``) as two tiles
+    side by side with their boxes by class, ``folder``/pair_NN.png, and contact_sheet.png; the
+    written paths. ``boxes``: {(split, file): {class name: [xywh]}}; ``image_dirs``: {split:
+    folder}."""
+    from detectron2.data.detection_utils import read_image
+
+    names = sorted({name for per_class in boxes.values() for name in per_class})
+    colors = [CLASS_COLORS[k % len(CLASS_COLORS)] for k in range(len(names))]
+    paths, panels = [], []
+    for k, (a, b, what) in enumerate(disagreements[:most]):
+        tiles = []
+        for split, file in (a, b):
+            image = read_image(os.path.join(image_dirs[split], file), format="RGB")
+            labels = [(name, box) for name, per_class in boxes[(split, file)].items()
+                      for box in per_class]
+            drawn = draw_overlay(image, [(x, y, x + w, y + h) for _, (x, y, w, h) in labels],
+                                 [names.index(name) for name, _ in labels], [], names, colors)
+            scale = size / max(image.shape[:2])
+            tiles.append(titled(cv2.resize(drawn, None, fx=scale, fy=scale,
+                                           interpolation=cv2.INTER_AREA), f"{split}/{file}"))
+        height = max(t.shape[0] for t in tiles)
+        tiles = [np.pad(t, ((0, height - t.shape[0]), (0, 0), (0, 0))) for t in tiles]
+        panels.append(titled(np.hstack(tiles), what))
+        paths.append(os.path.join(folder, f"pair_{k + 1:02d}.png"))
+        save_rgb(paths[-1], panels[-1])
+    if panels:
+        paths.append(os.path.join(folder, "contact_sheet.png"))
+        save_rgb(paths[-1], contact_sheet(panels, columns=3, tile_width=2 * size))
+    return paths

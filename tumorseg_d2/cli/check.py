@@ -14,11 +14,13 @@ import time
 from detectron2.data import DatasetCatalog
 
 from ..config import get_tumorseg_cfg, merge_config
-from ..data.check import (NEAR_DUPLICATE_SIMILARITY, check_splits, patient_findings, report_dict,
-                          summary_table)
+from ..data.check import (AGREEMENT_MIN_CORRELATION, NEAR_DUPLICATE_SIMILARITY, check_splits,
+                          disagreements, fingerprints_of, label_agreement, patient_findings,
+                          report_dict, summary_table)
 from ..data.sources import register_datasets
 from ..data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
 from ..data.fix import write_fixed_copy
+from ..drawing import draw_disagreements
 from ..files import UnsafeFileError, write_json
 from .common import command_parser, split_overrides
 
@@ -35,6 +37,14 @@ def parse_args(argv=None):
     p.add_argument("--near-duplicate-similarity", type=float, default=NEAR_DUPLICATE_SIMILARITY,
                    help="difference-hash similarity from which two images are near duplicates "
                    "(default %(default)s)")
+    p.add_argument("--label-min-correlation", type=float, default=AGREEMENT_MIN_CORRELATION,
+                   help="thumbnail correlation from which near duplicates also count as one "
+                   "tumor whose labels are compared (default %(default)s; lower admits more "
+                   "pairs, some of two patients' slices at the same level)")
+    p.add_argument("--pictures", metavar="DIR", help="draw the near-duplicate pairs whose labels "
+                   "disagree, worst first, as PNGs in DIR (pair_NN.png, contact_sheet.png)")
+    p.add_argument("--most-pictures", type=int, default=24, help="pairs drawn at most "
+                   "(default %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--show", type=int, default=2, help="examples per finding in the table")
     p.add_argument("--config-file", help="register this config's datasets and check its splits' "
@@ -46,6 +56,8 @@ def parse_args(argv=None):
         p.error("give split folders, dataset names or --config-file")
     if args.fix and not args.targets:
         p.error("--fix writes a corrected copy of COCO splits: give their folders or names")
+    if args.pictures and args.quick:
+        p.error("--pictures needs the near duplicates, which --quick does not look for")
     return args
 
 
@@ -87,6 +99,19 @@ def resolve_targets(targets):
     return splits
 
 
+def draw_label_pairs(details, args):
+    agreement = label_agreement(fingerprints_of(details),
+                                {s: v["coco"] for s, v in details.items()},
+                                args.near_duplicate_similarity, args.label_min_correlation)
+    pairs = disagreements(agreement)
+    paths = draw_disagreements(pairs, agreement["boxes"],
+                               {s: v["image_dir"] for s, v in details.items()}, args.pictures,
+                               most=args.most_pictures)
+    print(f"\nLabels of near duplicates: {len(pairs)} pairs disagree, the first "
+          f"{min(len(pairs), args.most_pictures)} drawn in {args.pictures}"
+          + (f" ({os.path.join(args.pictures, 'contact_sheet.png')})." if paths else "."))
+
+
 def main(argv=None):
     args = parse_args(argv)
     register_tumorseg()
@@ -99,7 +124,9 @@ def main(argv=None):
     start = time.time()
     findings, details = check_splits(splits, deep=not args.quick,
                                      min_similarity=args.near_duplicate_similarity,
-                                     workers=args.workers) if splits else ([], {})
+                                     workers=args.workers,
+                                     label_min_correlation=args.label_min_correlation
+                                     ) if splits else ([], {})
     findings += patient_findings(patient_splits)
     seconds = round(time.time() - start, 1)
     report = report_dict(findings, seconds)
@@ -113,6 +140,8 @@ def main(argv=None):
     if args.json:
         write_json(args.json, report)
         print(f"\nFull report (every item): {args.json}")
+    if args.pictures and details:
+        draw_label_pairs(details, args)
     if args.fix:
         try:
             changes = write_fixed_copy(details, args.fix, splits.values())

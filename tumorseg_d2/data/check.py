@@ -11,7 +11,10 @@ Checks, each with a code, a severity and the offending files or ids:
 - files (reads every image): unreadable or truncated images, size that differs from the json, files
   on disk that the json does not list;
 - duplicates: exact (same pixels) and near-duplicate images (difference hash, 256 bits) within and
-  across splits; near-duplicates across splits leak patients from train into test.
+  across splits; near-duplicates across splits leak patients from train into test;
+- labels of near duplicates (neighbouring slices of one patient): a different tumor class, and
+  boxes of one class that overlap by less than the IoU at which AP50 counts a match (the same
+  tumor outlined by different rules).
 
 Errors make ``tools/check_dataset.py`` exit non-zero; warnings do not. Training and evaluation run
 the structure checks (no image decoding) at start-up: ``DATASETS.CHECK``.
@@ -33,6 +36,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 TINY_BOX_SIDE = 4.0  # px: smaller boxes are implausible for a tumor in a 640 px slice
 GEOMETRY_TOLERANCE = 1.0  # px
 NEAR_DUPLICATE_SIMILARITY = 0.85  # 1 - hamming / 256 of the difference hash; pixel corr ~0.9
+AGREEMENT_IOU = 0.5  # box IoU below which one label would not match the other at AP50
+# Labels are compared on near duplicates that are also nearly the same picture: at the hash
+# threshold alone, some pairs join two patients' brains at the same level (seen on TumorSeg).
+AGREEMENT_MIN_CORRELATION = 0.95  # Pearson correlation of the 64x64 thumbnails
 
 
 @dataclass
@@ -208,6 +215,22 @@ MESSAGES = {
                                      "split contains training images, so its scores are inflated. "
                                      "Remove them from one split.",
     "near_duplicate": "near-identical images within a split (neighbouring slices of one patient).",
+    "category_mismatch": "near-duplicate images (neighbouring slices of one patient, their "
+                         "thumbnails correlated as --label-min-correlation asks) labelled "
+                         "with different tumor classes: one tumor has one type, so one of the two "
+                         "labels is wrong, and the model is trained (or scored) against itself. "
+                         "Look at each pair and correct the class.",
+    "inconsistent_boxes": "boxes of one class on near-duplicate images (neighbouring slices of "
+                          "one patient, their thumbnails correlated as --label-min-correlation "
+                          f"asks) that overlap with IoU < {AGREEMENT_IOU:g}, so that one "
+                          "label, taken as a detection of the other, would not count at AP50: "
+                          "the same tumor was boxed by different rules (tightly on one slice, "
+                          "with its surroundings on the next, or around another region). "
+                          "--pictures DIR draws the pairs. A model sees "
+                          "nearly the same pixels in both and cannot learn which rule applies, "
+                          "so where a class has many such pairs its AP50 is limited by its "
+                          "labels more than by training. Redraw them by one rule, or read that "
+                          "class's AP50 with this share.",
     "near_duplicate_across_splits": "near-identical images in two splits: the split is per image, "
                                     "not per patient, so neighbouring slices of one patient are on "
                                     "both sides and valid/test scores are optimistic. Re-split by "
@@ -358,7 +381,8 @@ def check_structure(coco, image_dir, split):
 def severity_of(code):
     warnings = {"rle_segmentation", "zero_annotation_id", "unused_category", "bbox_polygon_mismatch", "tiny_box",
                 "box_masks", "no_annotations", "unlisted_file", "exact_duplicate",
-                "near_duplicate", "near_duplicate_across_splits"}
+                "near_duplicate", "near_duplicate_across_splits", "category_mismatch",
+                "inconsistent_boxes"}
     return "warning" if code in warnings else "error"
 
 
@@ -422,6 +446,13 @@ def similar_pairs(hashes, min_similarity=NEAR_DUPLICATE_SIMILARITY, block=2048):
     return pairs
 
 
+def _standardized(thumbnails):
+    """Thumbnails as rows of zero mean and unit variance: the dot product of two, divided by the
+    pixel count, is their Pearson correlation."""
+    thumbs = np.array(thumbnails, np.float32).reshape(len(thumbnails), -1)
+    return (thumbs - thumbs.mean(1, keepdims=True)) / (thumbs.std(1, keepdims=True) + 1e-6)
+
+
 def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
     """Exact and near duplicates over {split: {file: fingerprint}}, within and across splits.
 
@@ -443,8 +474,7 @@ def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
                 code = "exact_duplicate" if s1 == s2 else "exact_duplicate_across_splits"
                 found[(code, s1 if s1 == s2 else f"{s1}/{s2}")].append(f"{s1}/{f1} = {s2}/{f2}")
                 exact.add((group[i], group[j]))
-    thumbs = np.array([t for _, _, t in fp], np.float32)
-    thumbs = (thumbs - thumbs.mean(1, keepdims=True)) / (thumbs.std(1, keepdims=True) + 1e-6)
+    thumbs = _standardized([t for _, _, t in fp])
     pairs = similar_pairs([d for _, d, _ in fp], min_similarity)
     for i, j, similarity in sorted(pairs, key=lambda p: -p[2]):
         (s1, f1), (s2, f2) = keys[i], keys[j]
@@ -458,8 +488,90 @@ def duplicate_findings(fingerprints, min_similarity=NEAR_DUPLICATE_SIMILARITY):
             for (code, split), items in sorted(found.items())]
 
 
+# ---------------------------------------------------------------- labels of near duplicates
+def label_agreement(fingerprints, cocos, min_similarity=NEAR_DUPLICATE_SIMILARITY,
+                    min_correlation=AGREEMENT_MIN_CORRELATION):
+    """How far the labels of near-duplicate images agree, over {split: {file: fingerprint}} and
+    {split: coco}.
+
+    For each near-duplicate pair (also with thumbnails correlated at ``min_correlation`` or more)
+    whose images both carry boxes: a category mismatch when their sets of categories differ; and,
+    class by class, the boxes of the two images matched one to one by the assignment that
+    maximises the summed IoU, each match's IoU recorded (a pair with one box of a class on each
+    side is one match, whatever their overlap). Images are (split, file) keys. Returns {"pairs":
+    how many pairs were compared, "category_mismatch": [(image, image)], "matches": {class name:
+    [(image, image, iou)]}, "boxes": {image: {class name: [xywh]}}}."""
+    from pycocotools import mask as mask_utils
+    from scipy.optimize import linear_sum_assignment
+
+    boxes = {}
+    for split, coco in cocos.items():
+        names = {c["id"]: str(c.get("name")) for c in coco["categories"]}
+        files = {im["id"]: im["file_name"] for im in coco["images"]}
+        for a in coco["annotations"]:
+            if a["image_id"] in files and a.get("bbox"):
+                per_class = boxes.setdefault((split, files[a["image_id"]]), {})
+                name = names.get(a["category_id"], str(a["category_id"]))
+                per_class.setdefault(name, []).append(a["bbox"])
+    keys = [k for k in ((s, f) for s, files in fingerprints.items() for f in files) if k in boxes]
+    result = {"pairs": 0, "category_mismatch": [], "matches": defaultdict(list), "boxes": boxes}
+    if len(keys) < 2:
+        return result
+    pairs = similar_pairs([fingerprints[s][f][1] for s, f in keys], min_similarity)
+    thumbs = _standardized([fingerprints[s][f][2] for s, f in keys])
+    pairs = [(keys[i], keys[j]) for i, j, _ in pairs
+             if thumbs[i] @ thumbs[j] / thumbs.shape[1] >= min_correlation]
+    result["pairs"] = len(pairs)
+    for a, b in pairs:
+        if set(boxes[a]) != set(boxes[b]):
+            result["category_mismatch"].append((a, b))
+        for name in set(boxes[a]) & set(boxes[b]):
+            box_a, box_b = np.array(boxes[a][name], float), np.array(boxes[b][name], float)
+            iou = mask_utils.iou(box_a, box_b, [0] * len(box_b))
+            rows, cols = linear_sum_assignment(-iou)
+            result["matches"][name] += [(a, b, float(iou[r, k])) for r, k in zip(rows, cols)]
+    return result
+
+
+def disagreements(agreement):
+    """The pairs to look at, worst first: category mismatches, then box matches under
+    AGREEMENT_IOU by rising IoU; each (image, image, what differs)."""
+    def classes(image):
+        return "/".join(sorted(agreement["boxes"][image]))
+
+    low = sorted((iou, a, b, name) for name, matches in agreement["matches"].items()
+                 for a, b, iou in matches if iou < AGREEMENT_IOU)
+    return ([(a, b, f"{classes(a)} against {classes(b)}")
+             for a, b in agreement["category_mismatch"]]
+            + [(a, b, f"class {name!r}, box IoU {iou:.2f}") for iou, a, b, name in low])
+
+
+def agreement_findings(agreement, split):
+    """The findings of :func:`label_agreement`; the inconsistent boxes' message gives each class's
+    share of matches under AGREEMENT_IOU and median IoU."""
+    found = [f"{a[0]}/{a[1]} ~ {b[0]}/{b[1]}: {what}" for a, b, what in disagreements(agreement)]
+    mismatched = len(agreement["category_mismatch"])  # listed first
+    findings = []
+    if mismatched:
+        findings.append(Finding(severity_of("category_mismatch"), "category_mismatch", split,
+                                MESSAGES["category_mismatch"], found[:mismatched]))
+    shares = []
+    for name, matches in sorted(agreement["matches"].items()):
+        ious = np.array([iou for _, _, iou in matches])
+        low = ious < AGREEMENT_IOU
+        shares.append(f"class {name!r}: {low.sum()} of {len(ious)} ({100 * low.mean():.1f}%), "
+                      f"median IoU {np.median(ious):.2f}")
+    if found[mismatched:]:
+        findings.append(Finding(severity_of("inconsistent_boxes"), "inconsistent_boxes", split,
+                                f"{MESSAGES['inconsistent_boxes']} Matches under IoU "
+                                f"{AGREEMENT_IOU:g}, by class: {'; '.join(shares)}.",
+                                found[mismatched:]))
+    return findings
+
+
 # ---------------------------------------------------------------- whole data set
-def check_splits(splits, deep=True, min_similarity=NEAR_DUPLICATE_SIMILARITY, workers=2):
+def check_splits(splits, deep=True, min_similarity=NEAR_DUPLICATE_SIMILARITY, workers=2,
+                 label_min_correlation=AGREEMENT_MIN_CORRELATION):
     """Check {split name: (json path, image folder)}. Returns (findings, errors first; and per
     split the parsed json and the decoded images' properties, which --fix uses)."""
     findings, details = [], {}
@@ -477,10 +589,19 @@ def check_splits(splits, deep=True, min_similarity=NEAR_DUPLICATE_SIMILARITY, wo
             file_findings, details[split]["decoded"] = check_files(coco, image_dir, split, workers)
             findings += file_findings
     if deep:
-        fingerprints = {s: {f: d[2:] for f, d in v["decoded"].items() if d[1] is not None}
-                        for s, v in details.items()}
+        fingerprints = fingerprints_of(details)
         findings += duplicate_findings(fingerprints, min_similarity)
+        agreement = label_agreement(fingerprints, {s: v["coco"] for s, v in details.items()},
+                                    min_similarity, label_min_correlation)
+        findings += agreement_findings(agreement, " + ".join(details))
     return sorted(findings, key=lambda f: (f.severity != "error", f.split, f.code)), details
+
+
+def fingerprints_of(details):
+    """{split: {file: (pixel digest, difference hash, thumbnail)}} of the decoded images in
+    :func:`check_splits`' details."""
+    return {s: {f: d[2:] for f, d in v["decoded"].items() if d[1] is not None}
+            for s, v in details.items()}
 
 
 def report_dict(findings, seconds=None):
