@@ -15,6 +15,7 @@ setup(
         "torch", "torchvision", "pycocotools", "opencv-python-headless", "fvcore", "iopath",
         "matplotlib", "imagehash", "tqdm", "tabulate", "yacs", "omegaconf", "Pillow", "numpy",
         "psutil", "onnx", "onnxruntime", "pydicom", "nibabel", "scipy",
+        "shapely",  # Detectron2 crops polygon masks with it (INPUT.CROP)
     ],
     extras_require={"test": ["pytest"], "ray": ["ray[tune]"]},
 )

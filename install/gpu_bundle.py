@@ -28,8 +28,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # requirements.lock are there. Compiled ones are fetched as CPython 3.12 wheels, the rest built
 # here (fvcore is published as an sdist only).
 MISSING_ON_DEVICE = ["pycocotools", "fvcore", "iopath", "yacs", "omegaconf", "termcolor",
-                     "ImageHash", "PyWavelets", "pydicom", "nibabel"]
-COMPILED = {"pycocotools", "PyWavelets"}
+                     "ImageHash", "PyWavelets", "pydicom", "nibabel", "shapely"]
+COMPILED = {"pycocotools", "PyWavelets", "shapely"}
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64"]
 TRAVEL_LIMIT_MIB = 64

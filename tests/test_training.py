@@ -272,3 +272,76 @@ def test_a_finished_training_leaves_no_loader_worker_behind(phantom_root, tmp_pa
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
     assert not [p for p in left if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], left
     del trainer
+
+
+def augmentation_cfg(*opts):
+    from tumorseg_d2.config import get_tumorseg_cfg, validate_config
+
+    cfg = get_tumorseg_cfg()
+    cfg.merge_from_file(SCRATCH_CFG)
+    cfg.merge_from_list(list(opts))
+    validate_config(cfg)
+    return cfg
+
+
+def mapped(cfg, record, seed):
+    from detectron2.utils.env import seed_all_rng
+
+    from tumorseg_d2.data.loader import train_mapper
+
+    seed_all_rng(seed)
+    return train_mapper(cfg)(dict(record))
+
+
+@pytest.fixture
+def gray_slice_record(tmp_path):
+    """A 400 x 400 slice of gray 100 with one tumor of gray 200 (a polygon, as in TumorSeg)."""
+    import cv2
+    import numpy as np
+    from detectron2.structures import BoxMode
+
+    image = np.full((400, 400, 3), 100, np.uint8)
+    image[120:220, 150:290] = 200
+    path = str(tmp_path / "slice.png")
+    cv2.imwrite(path, image)
+    polygon = [150, 120, 290, 120, 290, 220, 150, 220]
+    return {"file_name": path, "height": 400, "width": 400, "image_id": 0, "annotations": [
+        {"bbox": [150, 120, 290, 220], "bbox_mode": BoxMode.XYXY_ABS, "category_id": 0,
+         "segmentation": [polygon], "iscrowd": 0}]}
+
+
+def test_intensity_jitter_scales_brightness_and_leaves_the_tumor_where_it_was(gray_slice_record):
+    plain = augmentation_cfg()
+    jittered = augmentation_cfg("INPUT.INTENSITY_JITTER", "0.2")
+    ratios = []
+    for seed in range(30):
+        a, b = mapped(plain, gray_slice_record, seed), mapped(jittered, gray_slice_record, seed)
+        # The same seed draws the same flip: the geometry is untouched, only intensities move.
+        assert torch.equal(a["instances"].gt_boxes.tensor, b["instances"].gt_boxes.tensor)
+        assert a["image"].shape == b["image"].shape
+        ratios.append(b["image"].float().mean().item() / a["image"].float().mean().item())
+    # Contrast keeps the mean; brightness scales it by a factor in [0.8, 1.2].
+    assert all(0.79 <= r <= 1.21 for r in ratios), ratios
+    assert min(ratios) < 0.9 and max(ratios) > 1.1, ratios
+
+
+def test_crop_keeps_boxes_on_their_cropped_masks(gray_slice_record):
+    cfg = augmentation_cfg("INPUT.CROP.ENABLED", "True", "INPUT.CROP.TYPE", "relative_range",
+                           "INPUT.CROP.SIZE", "[0.8, 0.8]")
+    sizes = set()
+    for seed in range(20):
+        out = mapped(cfg, gray_slice_record, seed)
+        height, width = out["image"].shape[1:]
+        sizes.add((height, width))
+        assert max(height, width) <= 320 and len(out["instances"]) == 1
+        box = out["instances"].gt_boxes.tensor[0]
+        polygon = torch.as_tensor(out["instances"].gt_masks.polygons[0][0]).view(-1, 2)
+        assert torch.allclose(box[:2], polygon.min(0).values.float(), atol=1e-3)
+        assert torch.allclose(box[2:], polygon.max(0).values.float(), atol=1e-3)
+        assert 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
+    assert len(sizes) > 1  # the crops vary in size and aspect
+
+
+def test_intensity_jitter_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="INPUT.INTENSITY_JITTER"):
+        augmentation_cfg("INPUT.INTENSITY_JITTER", "-0.1")

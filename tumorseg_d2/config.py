@@ -60,6 +60,10 @@ def add_tumorseg_config(cfg):
     # A training image that cannot be read: True logs its name and takes the next sample; False
     # stops the run with the name (evaluation always stops: skipping would change the figures).
     cfg.DATALOADER.SKIP_BAD_IMAGES = True
+    # Training augmentation beyond Detectron2's INPUT.CROP, resize and RANDOM_FLIP: brightness and
+    # contrast each scaled by a factor drawn from [1 - j, 1 + j] (tumorseg_d2/data/loader.py,
+    # train_mapper); 0: off.
+    cfg.INPUT.INTENSITY_JITTER = 0.0
     # Validation during training, every TEST.EVAL_PERIOD iterations.
     cfg.TEST.VAL_LOSS = True  # also compute the mean training losses on DATASETS.VAL
     cfg.TEST.BEST_METRIC = "segm/AP50"  # "" disables model_best.pth
@@ -116,6 +120,9 @@ def validate_config(cfg):
                          "(keep every checkpoint) or the number of recent ones to keep.")
     if cfg.MODEL.PIXEL_SEG.LOSS.upper() not in LOSSES:
         raise ValueError(f"MODEL.PIXEL_SEG.LOSS is {cfg.MODEL.PIXEL_SEG.LOSS!r}; use one of {LOSSES}.")
+    if not 0 <= cfg.INPUT.INTENSITY_JITTER < 1:
+        raise ValueError(f"INPUT.INTENSITY_JITTER is {cfg.INPUT.INTENSITY_JITTER}; use a fraction in "
+                         "[0, 1), e.g. 0.2 for factors in [0.8, 1.2] (0: off).")
     if cfg.MODEL.ROI_ALIGN not in ROI_ALIGNS:
         raise ValueError(f"MODEL.ROI_ALIGN is {cfg.MODEL.ROI_ALIGN!r}; use one of {ROI_ALIGNS}.")
     if cfg.TEST.BEST_MODE not in ("max", "min"):

@@ -11,8 +11,8 @@ so a resumed run sees other data than an uninterrupted one. Here:
   checkpoints save and restore (:class:`TrainingState`).
 
 With images of one aspect ratio (as here) the resumed batches are exactly those of an uninterrupted
-run; with several aspect ratios batches are grouped by aspect, so a few samples around the resume
-point may land in other batches.
+run; with several aspect ratios (or INPUT.CROP's random crops) batches are grouped by aspect, so a
+few samples around the resume point may land in other batches.
 """
 import logging
 import operator
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from detectron2.data import (DatasetFromList, DatasetMapper, MetadataCatalog,
                              build_detection_test_loader, get_detection_dataset_dicts)
+from detectron2.data import transforms as T
 from detectron2.data.common import AspectRatioGroupedDataset, ToIterableDataset
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -131,11 +132,23 @@ def training_dicts(cfg):
     return dicts
 
 
+def train_mapper(cfg):
+    """Detectron2's training mapper (INPUT.CROP, the resize, INPUT.RANDOM_FLIP), then, with
+    INPUT.INTENSITY_JITTER j > 0, brightness and contrast each scaled by a factor drawn uniformly
+    from [1 - j, 1 + j]: MRI intensities vary from scanner to scanner and protocol to protocol."""
+    args = DatasetMapper.from_config(cfg, is_train=True)
+    jitter = cfg.INPUT.INTENSITY_JITTER
+    if jitter > 0:
+        args["augmentations"] = list(args["augmentations"]) + [
+            T.RandomBrightness(1 - jitter, 1 + jitter), T.RandomContrast(1 - jitter, 1 + jitter)]
+    return DatasetMapper(**args)
+
+
 def build_resumable_train_loader(cfg, seed):
     """The training loader; ``loader.stream`` holds its seed and start position."""
     dicts = training_dicts(cfg)
     stream = DataStream(len(dicts), seed)
-    dataset = SeededMapDataset(DatasetFromList(dicts, copy=False), DatasetMapper(cfg, True), stream,
+    dataset = SeededMapDataset(DatasetFromList(dicts, copy=False), train_mapper(cfg), stream,
                                cfg.DATALOADER.SKIP_BAD_IMAGES)
     samples = torch.utils.data.DataLoader(
         ToIterableDataset(dataset, ResumableSampler(stream)),

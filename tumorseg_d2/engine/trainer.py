@@ -9,7 +9,7 @@ import time
 import weakref
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, TrainerBase, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import DatasetEvaluators
@@ -19,7 +19,8 @@ from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWrite
 
 from ..checkpoint import SafeCheckpointer, resolve_weights
 from ..config import derived
-from ..data.loader import TrainingState, build_resumable_train_loader, build_test_loader
+from ..data.loader import (TrainingState, build_resumable_train_loader, build_test_loader,
+                           train_mapper)
 from ..evaluation.evaluators import OverlapEvaluator, TumorCOCOEvaluator
 from ..evaluation.report import format_results
 from ..files import write_json
@@ -99,7 +100,7 @@ class Trainer(DefaultTrainer):
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning(f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN}: Detectron2's "
                            "loader, which restarts its data order on --resume.")
-            return super().build_train_loader(cfg)
+            return build_detection_train_loader(cfg, mapper=train_mapper(cfg))
         # Every process must draw from one stream (each takes its share of the positions).
         seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
         return build_resumable_train_loader(cfg, seed)
