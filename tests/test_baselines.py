@@ -241,6 +241,33 @@ def test_compare_seeds_trains_each_config_per_seed_and_reports_the_spread(phanto
         assert f"| encoder_decoder_2level_cpu_seed{k} | unet_cpu_seed{k} |" in differences
 
 
+def test_run_labels_lengthen_only_the_names_two_runs_share():
+    from tumorseg_d2.evaluation.compare import run_labels
+
+    assert run_labels(["out/x/a/run_seed0", "out/y/a/run_seed0", "out/z/b/other"]) == [
+        "x/a/run_seed0", "y/a/run_seed0", "other"]
+
+
+def test_compare_keeps_apart_runs_whose_folders_share_a_name(compared, tmp_path):
+    # Seed 0 of two recipes: each gets its own row and report, and they are no seeds of one config.
+    out, _ = compared
+    runs = [tmp_path / recipe / "unet_cpu_seed0" for recipe in ("recipe_a", "recipe_b")]
+    for run, source in zip(runs, ("unet_cpu", "encoder_decoder_2level_cpu")):
+        run.parent.mkdir()
+        os.symlink(out / source, run)
+    proc = run_tool("compare.py", *map(str, runs), "--output", str(tmp_path / "cmp"),
+                    "--images", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "cmp" / "compare.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["run"] for r in rows] == ["recipe_a/unet_cpu_seed0", "recipe_b/unet_cpu_seed0"]
+    assert rows[0]["model"] != rows[1]["model"]
+    for r in rows:
+        metrics = json.loads((tmp_path / "cmp" / "evaluation" / r["run"] / "metrics.json").read_text())
+        assert metrics["coco"]
+    assert "## Across seeds" not in (tmp_path / "cmp" / "compare.md").read_text()
+
+
 def test_compare_tta_gives_each_runs_gain_with_its_interval(compared, tmp_path):
     out, _ = compared
     proc = run_tool("compare.py", str(out / "unet_cpu"), str(out / "encoder_decoder_2level_cpu"),

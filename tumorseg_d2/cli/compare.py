@@ -20,7 +20,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.utils.logger import setup_logger
 
 from ..evaluation.compare import (evaluate_results_file, evaluate_run, paired_differences,
-                                  train_runs, write_figure, write_table)
+                                  run_labels, train_runs, write_figure, write_table)
 from ..files import refuse_output_in_training_run
 from .common import command_parser, split_overrides
 
@@ -81,14 +81,14 @@ def main(argv=None):
     if not runs:
         raise SystemExit("Nothing to compare: give run folders (OUTPUT_DIRs) or --train CONFIG ...")
     evaluated, pairs = [], []
-    for run in runs:
-        variants = [(None, [])] + ([(os.path.basename(os.path.normpath(run)) + "+TTA",
-                                     ["TEST.AUG.ENABLED", "True"])] if args.tta else [])
+    for run, run_label in zip(runs, run_labels(runs)):
+        variants = [(run_label, [])] + ([(run_label + "+TTA", ["TEST.AUG.ENABLED", "True"])]
+                                        if args.tta else [])
         for label, extra in variants:
             row, preds, name, metrics = evaluate_run(run, args.split, args.output,
                                                      args.score_threshold, args.opts + extra,
                                                      label)
-            if label:  # this run with augmentation against itself without
+            if extra:  # this run with augmentation against itself without
                 pairs.append((len(evaluated), len(evaluated) - 1))
             elif args.tta and evaluated:  # this run against the first, both without
                 pairs.append((len(evaluated), 0))

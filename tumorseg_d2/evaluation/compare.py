@@ -119,6 +119,22 @@ def model_name(cfg):
     return f"{arch} {cfg.MODEL.PIXEL_SEG.INPUT_SIZE} px, {cfg.MODEL.PIXEL_SEG.LOSS}{tta}"
 
 
+def run_labels(runs):
+    """A name per run folder, for its table row and its ``evaluation/<label>`` folder: the folder's
+    own name, or, where two runs share it (seed 0 of two recipes), as much of the path above it as
+    tells them apart, so that neither report overwrites the other."""
+    paths = [os.path.abspath(r).split(os.sep) for r in runs]
+    labels = []
+    for i, path in enumerate(paths):
+        others = [q for j, q in enumerate(paths) if j != i]
+        for depth in range(1, len(path) + 1):
+            label = "/".join(path[-depth:])
+            if all("/".join(q[-depth:]) != label for q in others):
+                break
+        labels.append(label)
+    return labels
+
+
 def evaluate_run(run, split, output, threshold, opts=(), label=None):
     """Evaluate a run's chosen checkpoint on ``split`` into ``output/evaluation/<label>``
     (default: the run folder's name); returns (row, predictions, dataset name, metrics)."""
@@ -272,7 +288,8 @@ def write_table(rows, output, split, threshold, differences=()):
 
 
 def seed_summary(rows):
-    """[(config, seeds, {key: (mean, sd)})] of the runs named ``<config>_seed<seed>``."""
+    """[(config, seeds, {key: (mean, sd)})] of the configs with two or more runs named
+    ``<config>_seed<seed>``."""
     groups = {}
     for r in rows:
         config, sep, seed = r["run"].rpartition("_seed")
@@ -280,6 +297,8 @@ def seed_summary(rows):
             groups.setdefault(config, []).append(r)
     out = []
     for config, part in groups.items():
+        if len(part) < 2:  # one run has no spread
+            continue
         stats = {}
         for _, key in INTERVAL_FIGURES:
             values = [r[key] for r in part if isinstance(r[key], (int, float))
