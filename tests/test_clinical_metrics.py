@@ -148,7 +148,26 @@ def test_hd95_counts_the_images_it_leaves_out():
     rows = [{"tumors": 1, "hd95": 2.0, "hd95_pooled": 1.5}, {"tumors": 1, "hd95": float("nan"),
             "hd95_pooled": float("nan")}, {"tumors": 0, "hd95": float("nan"),
                                             "hd95_pooled": float("nan")}]
-    base = {"found": 0, "detections": 0, "tp_px": 0, "fp_px": 0, "fn_px": 0, "outcome": "found",
+    base = {"found": 0, "mislocalized": 0, "detections": 0, "tp_px": 0, "fp_px": 0, "fn_px": 0, "outcome": "found",
             "dice": 0.0, "iou": 0.0}
     s = summarize([{**base, **r} for r in rows])
     assert s["hd95_mean"] == 2.0 and s["hd95_images"] == 1 and s["hd95_missing"] == 1
+
+
+def test_missed_tumors_split_into_mislocalized_and_undetected():
+    recs = [record(i, [(10, 10, 10, 10)], [0]) for i in range(4)]
+    preds = [prediction(0, [(10, 10, 20, 20)], [0.9], [0]),   # found: not a miss
+             prediction(1, [(16, 10, 26, 20)], [0.9], [0]),   # box IoU 40/160 = 0.25: near
+             prediction(2, [(19, 10, 29, 20)], [0.9], [0]),   # box IoU 10/190 < 0.1: not near
+             prediction(3, [(16, 10, 26, 20)], [0.3], [0])]   # near, but below the threshold
+    rows = clinical.rows_for(preds, recs, 0.5)
+    assert [r["mislocalized"] for r in rows] == [0, 1, 0, 0]
+    s = clinical.summarize(rows)
+    assert (s["found"], s["missed_mislocalized"], s["missed_undetected"]) == (1, 1, 2)
+    # Per class, a near box of the other class does not count.
+    other = clinical.image_row(prediction(1, [(16, 10, 26, 20)], [0.9], [1]), recs[1], 0.5, cls=0)
+    assert other["mislocalized"] == 0 and other["outcome"] == "missed"
+    # The truth fed back finds everything, nothing is a miss of either kind.
+    truth = clinical.summarize(clinical.rows_for(
+        [prediction(i, [(10, 10, 20, 20)], [1.0], [0]) for i in range(4)], recs, 0.5))
+    assert (s["tumors"], truth["missed_mislocalized"], truth["missed_undetected"]) == (4, 0, 0)

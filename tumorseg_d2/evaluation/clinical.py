@@ -7,7 +7,9 @@ Definitions (also written into the report):
 - A detection is a prediction with score >= the threshold. A tumor is *found* when a detection
   (of its class, for per-class figures) overlaps it with box IoU >= ``match_iou`` (0.5), matched
   greedily by score, one detection per tumor. Unmatched tumors are *missed*; unmatched detections
-  are *false alarms*.
+  are *false alarms*. A missed tumor is *mislocalized* when a detection (of its class, for
+  per-class figures) overlaps it with box IoU >= ``near_iou`` (0.1, TIDE's background threshold):
+  the model saw it but drew another extent; the other missed tumors had no detection near them.
 - Lesion-level sensitivity = found / tumors, precision = found / detections, F1 their harmonic mean.
 - Slice level: a slice with a tumor is a true positive when all its tumors are found, else a false
   negative; a slice without a tumor is a false positive when it has a detection, else a true
@@ -26,6 +28,7 @@ from ..predictions import mask_arrays
 from . import metrics as M
 
 MATCH_IOU = 0.5
+NEAR_IOU = 0.1
 
 
 def truth_of(record, cls=None):
@@ -62,13 +65,21 @@ def _lesion_counts(pred, det, true_boxes, match_iou):
     return len(pairs), len(true_boxes), len(det)
 
 
+def mislocalized(pred_boxes, true_boxes, pairs):
+    """How many tumors left unmatched by ``pairs`` a detection overlaps with box IoU >= NEAR_IOU."""
+    matched = {j for _, j in pairs}
+    return sum(1 for j, t in enumerate(true_boxes) if j not in matched
+               and any(M.box_iou(b, t) >= NEAR_IOU for b in pred_boxes))
+
+
 def image_row(pred, record, threshold, cls=None, match_iou=MATCH_IOU):
     """All per-slice figures of one image (for one class, or all classes when cls is None)."""
     true_boxes, _, true_mask = truth_of(record, cls)
     det = detections_of(pred, threshold, cls)
     masks = mask_arrays(pred, det)
     pred_mask = np.any(masks, axis=0) if masks else np.zeros_like(true_mask)
-    found, tumors, detections = _lesion_counts(pred, det, true_boxes, match_iou)
+    pairs = match(pred["boxes"][det], pred["scores"][det], true_boxes, match_iou)
+    found, tumors, detections = len(pairs), len(true_boxes), len(det)
     tp_px, fp_px, fn_px = M._counts(pred_mask, true_mask)
     if tumors:
         outcome = "found" if found == tumors else "missed"
@@ -77,7 +88,9 @@ def image_row(pred, record, threshold, cls=None, match_iou=MATCH_IOU):
     return {
         "image_id": record["image_id"], "file_name": record["file_name"],
         "patient_id": record.get("patient_id"), "slice_index": record.get("slice_index"),
-        "tumors": tumors, "detections": detections, "found": found, "outcome": outcome,
+        "tumors": tumors, "detections": detections, "found": found,
+        "mislocalized": mislocalized(pred["boxes"][det], true_boxes, pairs),
+        "outcome": outcome,
         "false_alarms": detections - found,
         "dice": M.dice(pred_mask, true_mask), "iou": M.iou(pred_mask, true_mask),
         "hd95": M.hausdorff95(pred_mask, true_mask),
@@ -90,6 +103,7 @@ def summarize(rows):
     """Split-level figures from per-image rows (see the module docstring for definitions)."""
     tumors = sum(r["tumors"] for r in rows)
     found = sum(r["found"] for r in rows)
+    near = sum(r["mislocalized"] for r in rows)
     detections = sum(r["detections"] for r in rows)
     tp_px, fp_px, fn_px = (sum(r[k] for r in rows) for k in ("tp_px", "fp_px", "fn_px"))
     outcomes = [r["outcome"] for r in rows]
@@ -106,6 +120,7 @@ def summarize(rows):
     return {
         "images": len(rows), "tumors": tumors, "detections": detections, "found": found,
         "missed": tumors - found, "false_alarms": detections - found,
+        "missed_mislocalized": near, "missed_undetected": tumors - found - near,
         "sensitivity": M.pixel_recall(found, tumors - found),
         "precision": M.pixel_precision(found, detections - found),
         "f1": M.f1_score(found, detections - found, tumors - found),

@@ -68,7 +68,10 @@ def write_report(path, metrics, plots, worst=10):
     lines += [markdown_table(coco_headers + ["AR@1", "AR@10", "AR@100"], rows), ""]
 
     lines += ["## Detection and overlap at the threshold", "",
-              "Lesion level: sensitivity = found / tumors, precision = found / detections. Slice "
+              "Lesion level: sensitivity = found / tumors, precision = found / detections; a "
+              "missed tumor has *a detection near* when one (of its class, per class) overlaps "
+              "it with box IoU >= 0.1 (TIDE's localization error: seen, another extent drawn). "
+              "Slice "
               "level: a slice with tumor is a true positive when all its tumors are found; a slice "
               "without tumor with any detection is a false positive. Dice and IoU *per image* are "
               "means over the images that have a tumor (of that class); *pooled* "
@@ -79,6 +82,8 @@ def write_report(path, metrics, plots, worst=10):
               "an image whose tumor got no predicted pixel is left out (counted in *images "
               "without HD95*), so more misses can lower the mean.", ""]
     keys = [("tumors", "tumors"), ("found", "found"), ("missed", "missed"),
+            ("missed, a detection near (box IoU >= 0.1)", "missed_mislocalized"),
+            ("missed, no detection near", "missed_undetected"),
             ("false alarms", "false_alarms"), ("sensitivity", "sensitivity"),
             ("precision", "precision"), ("F1", "f1"), ("slice sensitivity", "slice_sensitivity"),
             ("slice specificity", "slice_specificity"), ("tumor-free slices", "tumor_free_slices"),
