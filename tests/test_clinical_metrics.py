@@ -148,8 +148,8 @@ def test_hd95_counts_the_images_it_leaves_out():
     rows = [{"tumors": 1, "hd95": 2.0, "hd95_pooled": 1.5}, {"tumors": 1, "hd95": float("nan"),
             "hd95_pooled": float("nan")}, {"tumors": 0, "hd95": float("nan"),
                                             "hd95_pooled": float("nan")}]
-    base = {"found": 0, "mislocalized": 0, "detections": 0, "tp_px": 0, "fp_px": 0, "fn_px": 0, "outcome": "found",
-            "dice": 0.0, "iou": 0.0}
+    base = {"found": 0, "mislocalized": 0, "detections": 0, "tp_px": 0, "fp_px": 0, "fn_px": 0,
+            "outcome": "found", "dice": 0.0, "iou": 0.0}
     s = summarize([{**base, **r} for r in rows])
     assert s["hd95_mean"] == 2.0 and s["hd95_images"] == 1 and s["hd95_missing"] == 1
 
@@ -170,4 +170,4 @@ def test_missed_tumors_split_into_mislocalized_and_undetected():
     # The truth fed back finds everything, nothing is a miss of either kind.
     truth = clinical.summarize(clinical.rows_for(
         [prediction(i, [(10, 10, 20, 20)], [1.0], [0]) for i in range(4)], recs, 0.5))
-    assert (s["tumors"], truth["missed_mislocalized"], truth["missed_undetected"]) == (4, 0, 0)
+    assert (truth["found"], truth["missed_mislocalized"], truth["missed_undetected"]) == (4, 0, 0)

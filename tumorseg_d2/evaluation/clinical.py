@@ -8,7 +8,7 @@ Definitions (also written into the report):
   (of its class, for per-class figures) overlaps it with box IoU >= ``match_iou`` (0.5), matched
   greedily by score, one detection per tumor. Unmatched tumors are *missed*; unmatched detections
   are *false alarms*. A missed tumor is *mislocalized* when a detection (of its class, for
-  per-class figures) overlaps it with box IoU >= ``near_iou`` (0.1, TIDE's background threshold):
+  per-class figures) overlaps it with box IoU >= ``NEAR_IOU`` (0.1, TIDE's background threshold):
   the model saw it but drew another extent; the other missed tumors had no detection near them.
 - Lesion-level sensitivity = found / tumors, precision = found / detections, F1 their harmonic mean.
 - Slice level: a slice with a tumor is a true positive when all its tumors are found, else a false

@@ -4,6 +4,7 @@ import os
 
 from ..tables import fmt_value, markdown_table
 from .bootstrap import FIGURES, PERCENT, point_value
+from .clinical import NEAR_IOU
 from .coco import COCO_STATS, METRICS
 
 
@@ -69,20 +70,19 @@ def write_report(path, metrics, plots, worst=10):
 
     lines += ["## Detection and overlap at the threshold", "",
               "Lesion level: sensitivity = found / tumors, precision = found / detections; a "
-              "missed tumor has *a detection near* when one (of its class, per class) overlaps "
-              "it with box IoU >= 0.1 (TIDE's localization error: seen, another extent drawn). "
-              "Slice "
-              "level: a slice with tumor is a true positive when all its tumors are found; a slice "
-              "without tumor with any detection is a false positive. Dice and IoU *per image* are "
-              "means over the images that have a tumor (of that class); *pooled* "
-              "counts every pixel of the split once, as do pixel precision, recall and F1. HD95 "
-              "(pixels) follows MONAI: per image the larger of the two directed 95th percentiles "
-              "of the boundary distances; *pooled* is medpy's (both directions pooled, a few "
-              "percent lower). Both are means over the images where both masks are non-empty: "
-              "an image whose tumor got no predicted pixel is left out (counted in *images "
-              "without HD95*), so more misses can lower the mean.", ""]
+              "missed tumor has *a detection near* when one (of its class, per class) overlaps it "
+              f"with box IoU >= {NEAR_IOU} (TIDE's localization error: seen, another extent drawn)."
+              " Slice level: a slice with tumor is a true positive when all its tumors are found; "
+              "a slice without tumor with any detection is a false positive. Dice and IoU *per "
+              "image* are means over the images that have a tumor (of that class); *pooled* counts"
+              " every pixel of the split once, as do pixel precision, recall and F1. HD95 (pixels)"
+              " follows MONAI: per image the larger of the two directed 95th percentiles of the "
+              "boundary distances; *pooled* is medpy's (both directions pooled, a few percent "
+              "lower). Both are means over the images where both masks are non-empty: an image "
+              "whose tumor got no predicted pixel is left out (counted in *images without HD95*), "
+              "so more misses can lower the mean.", ""]
     keys = [("tumors", "tumors"), ("found", "found"), ("missed", "missed"),
-            ("missed, a detection near (box IoU >= 0.1)", "missed_mislocalized"),
+            (f"missed, a detection near (box IoU >= {NEAR_IOU})", "missed_mislocalized"),
             ("missed, no detection near", "missed_undetected"),
             ("false alarms", "false_alarms"), ("sensitivity", "sensitivity"),
             ("precision", "precision"), ("F1", "f1"), ("slice sensitivity", "slice_sensitivity"),
