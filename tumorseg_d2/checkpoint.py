@@ -105,16 +105,19 @@ class SafeCheckpointer(DetectionCheckpointer):
       the fix;
     - with ``same_classes=True`` (evaluation and prediction: nothing will train the class-specific
       layers), a checkpoint trained for another number of classes is refused naming both counts;
-    - ``resume_or_load(resume=True)`` where ``last_checkpoint`` names a missing file says so.
+    - ``resume_or_load(resume=True)`` where ``last_checkpoint`` names a missing file says so;
+    - a checkpoint of a run with MODEL_EMA loads its moving average of the weights (``ema``), the
+      weights its validation judged, unless ``averaged=False`` (the trainer's own checkpointer,
+      which resumes the trained weights and the average each in its place).
     """
 
     # Share of the model's weights (by size, class-specific layers aside) that must load. An
     # ImageNet backbone gives about 0.5, a COCO Mask R-CNN nearly 1, an R18 checkpoint in an R50 0.14.
     MIN_MATCHED = 0.4
 
-    def __init__(self, model, save_dir="", *, same_classes=False, **kwargs):
+    def __init__(self, model, save_dir="", *, same_classes=False, averaged=True, **kwargs):
         super().__init__(model, save_dir, **kwargs)
-        self.same_classes = same_classes
+        self.same_classes, self.averaged = same_classes, averaged
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -163,6 +166,12 @@ class SafeCheckpointer(DetectionCheckpointer):
         if not isinstance(loaded.get("model"), dict) or not loaded["model"]:
             raise WeightsError(f"Weights file {filename} holds no model weights (no 'model' "
                                "state dict): pass a checkpoint saved by training.")
+        ema = loaded.get("ema")
+        if self.averaged and isinstance(ema, dict) and isinstance(ema.get("model"), dict):
+            self.logger.info(f"Loading the moving average of the weights (MODEL_EMA, "
+                             f"{ema.get('updates')} updates) saved in {filename}.")
+            loaded = {**loaded, "model": ema["model"]}
+            del loaded["ema"]
         return loaded
 
     @staticmethod

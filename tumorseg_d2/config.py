@@ -79,6 +79,12 @@ def add_tumorseg_config(cfg):
     # Mixed-precision training (SOLVER.AMP.ENABLED, tumorseg_d2/engine/amp.py): "bfloat16" runs
     # on CPUs with bf16 (AVX-512 bf16, AMX) and recent GPUs; "float16" on CUDA, with loss scaling.
     cfg.SOLVER.AMP.PRECISION = "float16"
+    # An exponential moving average of the weights (tumorseg_d2/engine/ema.py; d2go's keys), which
+    # validation judges and evaluation and prediction load; DECAY: the weight of the average at
+    # each step (0.998 averages over about the last 1 / (1 - 0.998) = 500 iterations).
+    cfg.MODEL_EMA = CN()
+    cfg.MODEL_EMA.ENABLED = False
+    cfg.MODEL_EMA.DECAY = 0.999
     # The model that trains and validates (tumorseg_d2/engine/trainer.py): "gather" pools the
     # regions of the box and mask heads by weighted gathers on the CPU
     # (tumorseg_d2/modeling/gather_roi_align.py), the same RoIAlign up to float rounding with a
@@ -134,6 +140,9 @@ def validate_config(cfg):
     if cfg.SOLVER.AMP.PRECISION not in ("bfloat16", "float16"):
         raise ValueError(f"SOLVER.AMP.PRECISION is {cfg.SOLVER.AMP.PRECISION!r}; use 'bfloat16' "
                          "(CPU or GPU) or 'float16' (CUDA).")
+    if not 0 < cfg.MODEL_EMA.DECAY < 1:
+        raise ValueError(f"MODEL_EMA.DECAY is {cfg.MODEL_EMA.DECAY}; use a value in (0, 1), e.g. "
+                         "0.999 (an average over about the last 1000 iterations).")
     if cfg.TEST.BOOTSTRAP.RESAMPLES < 0 or not 0 < cfg.TEST.BOOTSTRAP.LEVEL < 1:
         raise ValueError(f"TEST.BOOTSTRAP.RESAMPLES is {cfg.TEST.BOOTSTRAP.RESAMPLES} and LEVEL "
                          f"{cfg.TEST.BOOTSTRAP.LEVEL}; use RESAMPLES >= 0 (0: no intervals) and "

@@ -1,5 +1,6 @@
 """Training hooks: validation loss, checkpoint selection and early stopping whose state survives
 --resume; event writers that a resumed run does not make repeat an iteration."""
+import contextlib
 import json
 import logging
 import math
@@ -64,7 +65,9 @@ class ValidationLoss(HookBase):
         self._loader = validation_loader(cfg, dataset_name)
 
     def _do(self):
-        means = validation_losses(self.trainer.model, self._loader)
+        # The weights that validation judges (the moving average with MODEL_EMA).
+        with getattr(self.trainer, "validated_weights", contextlib.nullcontext)():
+            means = validation_losses(self.trainer.model, self._loader)
         self.trainer.storage.put_scalars(**means, smoothing_hint=False)
         logger.info("Validation loss: " + ", ".join(f"{k}={v:.4f}" for k, v in means.items()))
 

@@ -1,6 +1,7 @@
 """The tumorseg-d2 trainer: Detectron2's DefaultTrainer with Adam/AdamW, validation-driven
 checkpoint selection, validation loss, early stopping, weights that fail fast when missing, atomic
 checkpoints and a --resume that continues exactly (optimizer, schedule, random state, data order)."""
+import contextlib
 import logging
 import os
 import re
@@ -29,6 +30,7 @@ from ..rng import preserve_rng
 from .hooks import (BestCheckpointer, DeferredWriter, EarlyStopping, FlushBeforeCheckpoint,
                     ValidationLoss, drop_metrics_from)
 from .amp import step_trainer
+from .ema import EMAHook, ModelEMA
 from .schedule import build_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,11 @@ class Trainer(DefaultTrainer):
                                  device_ids=[comm.get_local_rank()] if on_gpu else None)
         self._trainer = step_trainer(cfg, model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = SafeCheckpointer(model, cfg.OUTPUT_DIR, averaged=False,
+                                             trainer=weakref.proxy(self))
+        self.ema = ModelEMA(model, cfg.MODEL_EMA.DECAY) if cfg.MODEL_EMA.ENABLED else None
+        if self.ema is not None:
+            self.checkpointer.add_checkpointable("ema", self.ema)
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self._stop_requested = False
         # Wall seconds of the sessions that trained the iterations before the start one (one entry
@@ -161,6 +167,8 @@ class Trainer(DefaultTrainer):
         extra = [hooks.EvalHook(period, lambda: self.validate(val_cfg))]
         if cfg.TEST.VAL_LOSS and cfg.DATASETS.VAL:
             extra.insert(0, ValidationLoss(cfg, cfg.DATASETS.VAL[0], period))
+        if self.ema is not None:  # before validation, which judges the average
+            extra.insert(0, EMAHook(self.ema))
         # On every process: each takes the same decisions from the same (broadcast) figures;
         # only the main process writes.
         if cfg.TEST.BEST_METRIC and period > 0:
@@ -174,8 +182,15 @@ class Trainer(DefaultTrainer):
             saver.max_to_keep = cfg.SOLVER.CHECKPOINTS_TO_KEEP or None
         return checkpoint_last(ret)
 
+    def validated_weights(self):
+        """A block within which the model holds the weights validation judges: the moving average
+        with MODEL_EMA, else its own."""
+        return self.ema.applied_to(self.model) if self.ema is not None else \
+            contextlib.nullcontext()
+
     def validate(self, val_cfg):
-        with preserve_rng():  # so that validating does not change what is trained
+        # preserve_rng: so that validating does not change what is trained
+        with preserve_rng(), self.validated_weights():
             results = self.test(val_cfg, self.model)
         # Evaluators return the figures on the main process only ({} elsewhere): share them, so
         # that best checkpoint and early stop are decided alike on every process.
@@ -188,6 +203,9 @@ class Trainer(DefaultTrainer):
             self.cfg.MODEL.WEIGHTS = resolve_weights(self.cfg.MODEL.WEIGHTS)
             self.cfg.freeze()
         super().resume_or_load(resume=resume)
+        if self.ema is not None and self.ema.updates == 0:
+            # Not resumed from an average: start it from the weights training starts from.
+            self.ema.reset(self.model)
         if self.data_stream is not None:  # continue the data stream where the checkpoint left it
             self.data_stream.start = self.start_iter * self.cfg.SOLVER.IMS_PER_BATCH
         if comm.is_main_process():
@@ -303,6 +321,7 @@ def check_disk_space(cfg, model):
     """Fail before training, not at the first save, when a checkpoint cannot fit."""
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     per_param = {"SGD": 2, "ADAM": 3, "ADAMW": 3}.get(cfg.SOLVER.OPTIMIZER.upper(), 3)
+    per_param += cfg.MODEL_EMA.ENABLED  # the moving average
     checkpoint = weights * per_param  # weights plus the optimizer's state
     free = shutil.disk_usage(cfg.OUTPUT_DIR).free
     if free < 2 * checkpoint:  # an atomic save holds the new file beside the old one
