@@ -77,7 +77,9 @@ class ModelEMA:
         if missing:
             raise KeyError(f"The checkpoint's moving average (ema) lacks {sorted(missing)[:3]}: it "
                            "was saved for another model.")
-        self.weights = {k: state["model"][k].clone() for k in self.weights}
+        # Checkpoints load on the CPU; the average lives where the model does.
+        self.weights = {k: state["model"][k].to(v.device, copy=True)
+                        for k, v in self.weights.items()}
         self.updates = int(state["updates"])
         if state["decay"] != self.decay:
             logger.info(f"MODEL_EMA.DECAY {self.decay} from here on; the checkpoint's average was "
