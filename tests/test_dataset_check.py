@@ -255,3 +255,51 @@ def test_labels_of_near_duplicates_known_answers(tmp_path):
     assert sorted(os.listdir(out)) == ["contact_sheet.png", "pair_01.png", "pair_02.png"]
     first = cv2.imread(str(out / "pair_01.png"))
     assert first.shape[1] == 2 * 320 and first.shape[0] > 320  # two tiles under the title bands
+
+
+def test_anchor_coverage_known_boxes():
+    """Two 640 px slices trained at 320 px: a 64 px box (32 px after the resize, one of the
+    P3 anchors exactly) is covered; a 90 px box (45 px) falls between the 32 and 64 px anchors
+    (best IoU 32^2/45^2 = 0.506), and is covered once each level has three sizes (40.3 px:
+    0.803). The check warns on the second config and names the box in the file's pixels."""
+    from detectron2.data import DatasetCatalog
+
+    from tumorseg_d2.config import get_tumorseg_cfg, merge_config
+    from tumorseg_d2.data.check import anchor_findings, anchor_summary
+    from tumorseg_d2.modeling.anchor_coverage import anchor_coverage, three_scales_per_level
+
+    def record(name, box):
+        return {"file_name": name, "height": 640, "width": 640, "image_id": name,
+                "annotations": [{"bbox": box, "bbox_mode": 0, "category_id": 0}]}  # XYXY_ABS
+
+    records = [record("fits.png", [288, 288, 352, 352]), record("between.png", [275, 275, 365, 365])]
+    cfg = merge_config(get_tumorseg_cfg(), SCRATCH_CFG, [])  # anchors 16-256, one per level, 320 px
+    cover = anchor_coverage(cfg, records)
+    assert cover["boxes"] == 2 and cover["iou_threshold"] == 0.7 and cover["sizes"] == [320]
+    assert cover["uncovered_fraction"] == 0.5
+    assert cover["best_iou_median"] == pytest.approx((1.0 + 32 ** 2 / 45 ** 2) / 2, abs=1e-4)
+    assert cover["uncovered"] == [("between.png", [275.0, 275.0, 365.0, 365.0])]
+    assert cover["positives_per_box_mean"] >= 1  # the uncovered box keeps its best anchor
+    empty = anchor_coverage(cfg, [dict(records[0], annotations=[])])
+    assert empty["boxes"] == 0 and anchor_summary(empty) == "the training datasets hold no boxes"
+
+    three = three_scales_per_level(cfg.MODEL.ANCHOR_GENERATOR.SIZES)
+    assert three[0] == [16, 20.16, 25.4] and three[1] == [32, 40.32, 50.8]
+    denser = merge_config(get_tumorseg_cfg(), SCRATCH_CFG,
+                          ["MODEL.ANCHOR_GENERATOR.SIZES", str(three)])
+    cover = anchor_coverage(denser, records)
+    assert cover["uncovered_fraction"] == 0.0 and cover["uncovered"] == []
+
+    DatasetCatalog.register("anchor_check_train", lambda: records)
+    try:
+        cfg.DATASETS.TRAIN = denser.DATASETS.TRAIN = ("anchor_check_train",)
+        [finding], cover = anchor_findings(cfg)
+        assert cover["uncovered_fraction"] == 0.5
+        assert finding.code == "anchor_coverage" and finding.severity == "warning"
+        assert finding.items == ["between.png [275.0, 275.0, 365.0, 365.0]"]
+        assert "50.0% of the 2 training boxes" in finding.message and str(three) in finding.message
+        assert anchor_findings(denser)[0] == []
+        cfg.MODEL.META_ARCHITECTURE = "SemanticSegmentor"  # no RPN, nothing to check
+        assert anchor_findings(cfg) == ([], None)
+    finally:
+        DatasetCatalog.remove("anchor_check_train")

@@ -4,8 +4,10 @@
   tumorseg check datasets/tumorseg/train datasets/tumorseg/valid --fix output/tumorseg_fixed
   tumorseg check --config-file configs/lgg/unet_lgg_cpu.yaml
 
-With --config-file, the config's datasets are registered (so their names can be targets) and its
-DATASETS.TRAIN, VAL and TEST are checked for patients whose slices lie in two of them.
+With --config-file, the config's datasets are registered (so their names can be targets), its
+DATASETS.TRAIN, VAL and TEST are checked for patients whose slices lie in two of them, and its RPN
+anchors against the training boxes at the training input size (a warning when over a quarter of
+the boxes reach no anchor at the RPN's positive IoU).
 """
 import os
 import sys
@@ -14,9 +16,9 @@ import time
 from detectron2.data import DatasetCatalog
 
 from ..config import get_tumorseg_cfg, merge_config
-from ..data.check import (AGREEMENT_MIN_CORRELATION, NEAR_DUPLICATE_SIMILARITY, check_splits,
-                          disagreements, fingerprints_of, label_agreement, patient_findings,
-                          report_dict, summary_table)
+from ..data.check import (AGREEMENT_MIN_CORRELATION, NEAR_DUPLICATE_SIMILARITY,
+                          anchor_findings, anchor_summary, check_splits, disagreements, fingerprints_of,
+                          label_agreement, patient_findings, report_dict, summary_table)
 from ..data.sources import register_datasets
 from ..data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
 from ..data.fix import write_fixed_copy
@@ -128,6 +130,10 @@ def main(argv=None):
                                      label_min_correlation=args.label_min_correlation
                                      ) if splits else ([], {})
     findings += patient_findings(patient_splits)
+    cover = None
+    if args.config_file:
+        found, cover = anchor_findings(cfg)
+        findings += found
     seconds = round(time.time() - start, 1)
     report = report_dict(findings, seconds)
     report["splits"] = {s: {"json": j, "images": d} for s, (j, d) in splits.items()}
@@ -137,6 +143,9 @@ def main(argv=None):
           f"in {seconds} s.")
     for f in findings:
         print(f"\n[{f.severity}] {f.split}: {f.code} ({f.count}): {f.message}")
+    if cover:
+        print(f"\nRPN anchors ({cover['anchor_sizes']}): {anchor_summary(cover)}.")
+        report["anchor_coverage"] = {k: v for k, v in cover.items() if k != "uncovered"}
     if args.json:
         write_json(args.json, report)
         print(f"\nFull report (every item): {args.json}")

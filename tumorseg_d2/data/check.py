@@ -40,6 +40,9 @@ AGREEMENT_IOU = 0.5  # box IoU below which one label would not match the other a
 # Labels are compared on near duplicates that are also nearly the same picture: at the hash
 # threshold alone, some pairs join two patients' brains at the same level (seen on TumorSeg).
 AGREEMENT_MIN_CORRELATION = 0.95  # Pearson correlation of the 64x64 thumbnails
+# Share of training boxes that no RPN anchor reaches at the positive IoU from which the anchors
+# are reported (with one size per level an octave apart, boxes between two sizes fall short).
+ANCHOR_UNCOVERED_WARNING = 0.25
 
 
 @dataclass
@@ -666,6 +669,39 @@ def patient_findings(dataset_names):
         "then tested on patients it trained on, and the figures overstate how it fares on a new "
         "patient. Use the splits of one DATASETS.SOURCE (split by patient), or one fold's three "
         "splits.", [f"{p} in {', '.join(names)}" for p, names in crossing.items()])]
+
+
+def anchor_findings(cfg):
+    """(findings, coverage): the config's RPN anchors laid over its training boxes
+    (:func:`~tumorseg_d2.modeling.anchor_coverage.anchor_coverage`, None for a model without an
+    RPN), and a warning when many boxes reach no anchor at the positive IoU
+    (``MODEL.RPN.IOU_THRESHOLDS``), with the anchor sizes that would cover them."""
+    from detectron2.data import DatasetCatalog
+
+    from ..modeling.anchor_coverage import anchor_coverage, has_rpn, three_scales_per_level
+
+    if not has_rpn(cfg) or not cfg.DATASETS.TRAIN:
+        return [], None
+    records = [r for name in cfg.DATASETS.TRAIN for r in DatasetCatalog.get(name)]
+    cover = anchor_coverage(cfg, records)
+    if cover["uncovered_fraction"] <= ANCHOR_UNCOVERED_WARNING:
+        return [], cover
+    suggestion = three_scales_per_level(cover["anchor_sizes"])
+    return [Finding(
+        "warning", "anchor_coverage", " + ".join(cfg.DATASETS.TRAIN),
+        f"{anchor_summary(cover)}: the RPN trains each uncovered box on its one best anchor. "
+        "More sizes per level cover them, e.g. "
+        f"MODEL.ANCHOR_GENERATOR.SIZES \"{suggestion}\".",
+        [f"{f} {box}" for f, box in cover["uncovered"]])], cover
+
+
+def anchor_summary(cover):
+    if not cover["boxes"]:
+        return "the training datasets hold no boxes"
+    return (f"{cover['uncovered_fraction']:.1%} of the {cover['boxes']} training boxes (at input "
+            f"size {'/'.join(map(str, cover['sizes']))}) reach no anchor at IoU "
+            f"{cover['iou_threshold']} (median best IoU {cover['best_iou_median']:.2f}, "
+            f"{cover['positives_per_box_mean']:.1f} positive anchors per box)")
 
 
 def summary_table(findings, show):
