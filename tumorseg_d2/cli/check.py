@@ -17,8 +17,9 @@ from detectron2.data import DatasetCatalog
 
 from ..config import get_tumorseg_cfg, merge_config
 from ..data.check import (AGREEMENT_MIN_CORRELATION, NEAR_DUPLICATE_SIMILARITY,
-                          anchor_findings, anchor_summary, check_splits, disagreements, fingerprints_of,
-                          label_agreement, patient_findings, report_dict, summary_table)
+                          anchor_findings, anchor_summary, check_splits, disagreements,
+                          fingerprints_of, label_agreement, patient_findings, report_dict,
+                          summary_table)
 from ..data.sources import register_datasets
 from ..data.datasets import ANNOTATION_FILE, dataset_files, register_tumorseg
 from ..data.fix import write_fixed_copy

@@ -14,7 +14,9 @@ Checks, each with a code, a severity and the offending files or ids:
   across splits; near-duplicates across splits leak patients from train into test;
 - labels of near duplicates (neighbouring slices of one patient): a different tumor class, and
   boxes of one class that overlap by less than the IoU at which AP50 counts a match (the same
-  tumor outlined by different rules).
+  tumor outlined by different rules);
+- anchors (with a config): the share of its training boxes that reach no RPN anchor at the RPN's
+  positive IoU (``anchor_findings``).
 
 Errors make ``tools/check_dataset.py`` exit non-zero; warnings do not. Training and evaluation run
 the structure checks (no image decoding) at start-up: ``DATASETS.CHECK``.
@@ -40,8 +42,8 @@ AGREEMENT_IOU = 0.5  # box IoU below which one label would not match the other a
 # Labels are compared on near duplicates that are also nearly the same picture: at the hash
 # threshold alone, some pairs join two patients' brains at the same level (seen on TumorSeg).
 AGREEMENT_MIN_CORRELATION = 0.95  # Pearson correlation of the 64x64 thumbnails
-# Share of training boxes that no RPN anchor reaches at the positive IoU from which the anchors
-# are reported (with one size per level an octave apart, boxes between two sizes fall short).
+# Share of the training boxes reaching no RPN anchor at its positive IoU above which the anchors
+# are a warning (one size per level, an octave apart, leaves the boxes between two sizes short).
 ANCHOR_UNCOVERED_WARNING = 0.25
 
 
