@@ -693,7 +693,8 @@ def anchor_findings(cfg):
         "warning", "anchor_coverage", " + ".join(cfg.DATASETS.TRAIN),
         f"{anchor_summary(cover)}: the RPN trains each uncovered box on its one best anchor. "
         "More sizes per level cover them, e.g. "
-        f"MODEL.ANCHOR_GENERATOR.SIZES \"{suggestion}\".",
+        f"MODEL.ANCHOR_GENERATOR.SIZES \"{suggestion}\"; whether that raises AP takes a "
+        "comparison over seeds (on TumorSeg it did not: README, \"Anchors\").",
         [f"{f} {box}" for f, box in cover["uncovered"]])], cover
 
 
