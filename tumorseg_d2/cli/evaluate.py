@@ -8,7 +8,10 @@ r"""Evaluate a checkpoint on a split (COCO AP, Dice/IoU, detection figures, plot
       --split test --output output/other_tool_eval
 
 --results scores another tool's COCO results json for the split (its image and category ids)
-with exactly the same figures, intervals and report.
+with exactly the same figures, intervals and report. --label-copy scores the labels themselves:
+each slice that leaks (a near-identical slice, or its patient, is in DATASETS.TRAIN or
+DATASETS.VAL) predicted by the labels of its most similar slice there; the report's "leaking"
+column is how well near-identical slices' labels agree, in AP.
 """
 import logging
 import os
@@ -19,7 +22,8 @@ from ..data.volumes import (AXES, DEFAULT_PERCENTILES, read_truth_mask, read_vol
                             write_mask_nifti)
 from ..engine.run import setup
 from ..engine.trainer import Trainer
-from ..evaluation.pipeline import dataset_for, evaluate_results, evaluate_split
+from ..evaluation.pipeline import (dataset_for, evaluate_label_copy, evaluate_results,
+                                   evaluate_split)
 from ..evaluation.report import summary_lines
 from ..evaluation.volumes import volume_figures
 from ..files import write_json
@@ -36,6 +40,10 @@ def parse_args(argv=None):
     source.add_argument("--weights", help="checkpoint (.pth/.pkl) or detectron2:// URL")
     source.add_argument("--results", metavar="JSON", help="COCO results of the split made by "
                         "any tool, scored instead of a checkpoint's predictions")
+    source.add_argument("--label-copy", action="store_true",
+                        help="score, instead of a model, each leaking slice's copy of the labels "
+                             "of its most similar slice in DATASETS.TRAIN and DATASETS.VAL: what "
+                             "the labels of near-identical slices score against each other")
     p.add_argument("--split", default="test", help="train, valid, test or a registered name")
     p.add_argument("--output", help="default: <OUTPUT_DIR>/evaluation/<dataset>, or "
                    "<OUTPUT_DIR>-eval/evaluation/<dataset> when OUTPUT_DIR is a training run")
@@ -58,9 +66,9 @@ def parse_args(argv=None):
         p.error("--volume and --truth go together: the volume and its ground-truth mask.")
     if args.volume and args.threshold_from:
         p.error("--threshold-from chooses on a split; with --volume give --score-threshold.")
-    if args.results and (args.volume or args.threshold_from):
-        p.error("--results scores a split at --score-threshold; --volume and --threshold-from "
-                "need a checkpoint (--weights).")
+    if (args.results or args.label_copy) and (args.volume or args.threshold_from):
+        p.error(f"{'--results' if args.results else '--label-copy'} scores a split at "
+                "--score-threshold; --volume and --threshold-from need a checkpoint (--weights).")
     return args
 
 
@@ -101,6 +109,9 @@ def main(argv=None):
     if args.results:
         metrics, _ = evaluate_results(cfg, args.results, name, output, args.score_threshold)
         return print_summary(name, metrics, output)
+    if args.label_copy:
+        return print_summary(name, evaluate_label_copy(cfg, name, output, args.score_threshold),
+                             output)
     model = Trainer.build_model(cfg)
     SafeCheckpointer(model, same_classes=True).load(resolve_weights(args.weights))
     metrics = evaluate_split(cfg, model, name, output, args.score_threshold, threshold_from)

@@ -36,6 +36,7 @@ class Leakage:
     leak_free: list  # image ids of the evaluated slices that do not leak; None without references
     references: tuple  # the datasets compared against
     definition: str  # one sentence for the report
+    reference_units: list = None  # the patient or pseudo-patient of each of their records
 
 
 def leakage(dataset_name, references=(), min_similarity=NEAR_DUPLICATE_SIMILARITY):
@@ -49,7 +50,7 @@ def leakage(dataset_name, references=(), min_similarity=NEAR_DUPLICATE_SIMILARIT
                       if references else "")
         return Leakage("patient", units, [r["image_id"] for r in records
                                           if r["patient_id"] not in seen] if references else None,
-                       references, definition)
+                       references, definition, [r.get("patient_id") for r in reference_records])
     labels = pseudo_patients([r["file_name"] for r in records + reference_records], min_similarity)
     own, theirs = labels[:len(records)], set(labels[len(records):])
     units = {r["image_id"]: f"pseudo-patient {k}" for r, k in zip(records, own)}
@@ -57,7 +58,8 @@ def leakage(dataset_name, references=(), min_similarity=NEAR_DUPLICATE_SIMILARIT
     definition = (f"slices whose pseudo-patient (chain of near duplicates, difference-hash "
                   f"similarity >= {min_similarity}) has no slice in {', '.join(references)}"
                   if references else "")
-    return Leakage("pseudo-patient", units, free if references else None, references, definition)
+    return Leakage("pseudo-patient", units, free if references else None, references, definition,
+                   [f"pseudo-patient {k}" for k in labels[len(records):]])
 
 
 def readable_references(names):

@@ -8,7 +8,8 @@
 - :mod:`.report`, :mod:`.plots`, :mod:`.curves`, :mod:`.panels`: what people read and look at;
 - :mod:`.bootstrap`: confidence intervals and paired differences (patients resampled);
 - :mod:`.compare`: several trained runs (and other tools' results) side by side;
-- :mod:`.ground_truth`: a model predicting the truth, the known answer for tests.
+- :mod:`.ground_truth`: a model predicting the truth, the known answer for tests;
+- :mod:`.label_copy`: the labels of near-identical training slices as a model's predictions.
 """
 from .evaluators import OVERLAP_FIGURES, OverlapEvaluator, TumorCOCOEvaluator
 from .ground_truth import GroundTruthModel

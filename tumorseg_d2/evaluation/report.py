@@ -219,5 +219,23 @@ def honest_section(metrics):
             fb = (free.get("bootstrap") or {}).get("figures") or {}
             row.append(interval_text(figure, fb.get(figure) or {"value": point_value(free, figure)}))
         rows.append(row)
-    return lines + [markdown_table(headers, rows), ""]
+    return lines + [markdown_table(headers, rows), ""] + leak_by_class(metrics, free)
+
+
+def leak_by_class(metrics, free):
+    """Report lines of AP50 by class on the whole split, its leak-free slices and the rest (the
+    leaking slices), when the split has both."""
+    if not free or not free.get("coco") or not free.get("leaking_coco"):
+        return []
+    parts = (metrics["coco"], free["coco"], free["leaking_coco"])
+    names = [k[len("AP50-"):] for k in metrics["coco"]["bbox"] if k.startswith("AP50-")]
+    rows = [[task, name] + [fmt_value(p[task].get(key), True) for p in parts]
+            for task in ("bbox", "segm") if task in metrics["coco"]
+            for name, key in [("any tumor", "agnostic/AP50")]
+            + [(f"class {n}", f"AP50-{n}") for n in names]]
+    return [f"AP50 by class on each part (the leaking slices are those a model may have seen "
+            f"near-identical in {', '.join(free['references'])}):", "",
+            markdown_table(["task", "class", f"whole split ({metrics['images']})",
+                            f"leak-free ({free['images']})",
+                            f"leaking ({free['leaking_images']})"], rows), ""]
 
