@@ -6,7 +6,10 @@ import os
 import cv2
 import numpy as np
 
-from tumorseg_d2.predictor import BatchPredictor
+from pycocotools import mask as mask_util
+
+from tumorseg_d2.predictions import above
+from tumorseg_d2.predictor import BatchPredictor, dropping_scores_below
 from tumorseg_d2.drawing import contact_sheet, draw_overlay
 
 from conftest import SCRATCH_CFG, predictor_cfg, run_tool
@@ -75,6 +78,31 @@ def test_batch_predictor_takes_paths_gray_and_rgb_arrays_of_any_size(checkpoint,
         assert r["probability"][r["masks"][0]].min() >= 0.5 - 1 / 255
     # The same image as a path and as a grayscale array gives the same detections.
     np.testing.assert_allclose(results[0]["boxes"], results[3]["boxes"], atol=1e-3)
+
+
+def test_dropping_low_scores_in_the_box_head_keeps_the_detections_above(checkpoint):
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    cfg = predictor_cfg(weights, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.001",
+                                  "TEST.DETECTIONS_PER_IMAGE", "100"])
+    everything = BatchPredictor(cfg, num_workers=1)(files, masks="rle")
+    scores = np.sort(np.concatenate([p["scores"] for p in everything]))
+    threshold = float(scores[len(scores) // 2])  # a score itself: one detection lies exactly on it
+    assert scores[0] < threshold < scores[-1]
+    dropping = dropping_scores_below(cfg, threshold)
+    assert dropping.MODEL.ROI_HEADS.SCORE_THRESH_TEST < threshold
+    assert dropping_scores_below(dropping, 0.0).MODEL.ROI_HEADS.SCORE_THRESH_TEST == \
+        dropping.MODEL.ROI_HEADS.SCORE_THRESH_TEST  # never lowered
+    kept = BatchPredictor(dropping, num_workers=1)(files, masks="rle")
+    assert sum(len(p["scores"]) for p in kept) == int((scores >= threshold).sum())
+    for full, fewer in zip(everything, kept):
+        full = above(full, threshold)
+        np.testing.assert_array_equal(full["classes"], fewer["classes"])
+        np.testing.assert_allclose(full["scores"], fewer["scores"], rtol=1e-6)
+        np.testing.assert_allclose(full["boxes"], fewer["boxes"], atol=1e-3)
+        for a, b in zip(full["masks"], fewer["masks"]):  # the same up to float rounding
+            empty = mask_util.area(a) == mask_util.area(b) == 0
+            assert empty or mask_util.iou([a], [b], [0])[0, 0] > 0.99
 
 
 def test_predict_cli_writes_overlays_and_json(checkpoint, tmp_path):

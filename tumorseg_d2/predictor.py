@@ -165,6 +165,21 @@ def calibration_sample(paths, count=CALIBRATION_IMAGES):
     return [paths[round(k * (len(paths) - 1) / (count - 1))] for k in range(count)]
 
 
+def dropping_scores_below(cfg, threshold):
+    """A copy of ``cfg`` whose box head drops the detections scoring below ``threshold``, as
+    Detectron2's demo does with its confidence threshold. For callers that keep only the
+    detections scoring >= ``threshold``: the same detections, without computing the masks of the
+    others (a config may keep scores down to 0.001 for COCO AP). Never lowers the config's own."""
+    # The box head keeps scores > its threshold; the largest float32 below ``threshold`` keeps a
+    # score equal to it, as the callers' >= does.
+    below = float(np.nextafter(np.float32(threshold), np.float32(0)))
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = max(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, below)
+    cfg.freeze()
+    return cfg
+
+
 class BatchPredictor:
     """Loads ``cfg.MODEL.WEIGHTS`` once; calling it runs batched inference."""
 

@@ -27,7 +27,7 @@ from ..evaluation.pipeline import (dataset_for, evaluate_label_copy, evaluate_re
 from ..evaluation.report import summary_lines
 from ..evaluation.volumes import volume_figures
 from ..files import write_json
-from ..predictor import BatchPredictor, predict_volume
+from ..predictor import BatchPredictor, dropping_scores_below, predict_volume
 from .common import add_overrides, command_parser
 
 logger = logging.getLogger("tumorseg_d2")
@@ -77,8 +77,9 @@ def evaluate_volume(cfg, args, output):
     predicted mask into ``output``."""
     volume = read_volume(args.volume, args.axis, args.volume_index)
     truth = read_truth_mask(args.truth, volume)
-    _, window, _, mask, _ = predict_volume(BatchPredictor(cfg), volume, args.score_threshold,
-                                           args.window, args.percentiles)
+    predictor = BatchPredictor(dropping_scores_below(cfg, args.score_threshold))
+    _, window, _, mask, _ = predict_volume(predictor, volume, args.score_threshold, args.window,
+                                           args.percentiles)
     figures = volume_figures(mask, truth, volume.spacing)
     figures.update(volume=args.volume, truth=args.truth, window=window,
                    score_threshold=args.score_threshold, spacing_mm=volume.spacing)

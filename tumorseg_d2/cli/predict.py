@@ -32,7 +32,7 @@ from ..modeling.gather_roi_align import ROI_ALIGNS
 from ..modeling.int8_box_head import BOX_HEADS
 from ..modeling.onnx_backbone import RUNTIMES
 from ..predictor import (CALIBRATION_IMAGES, PRECISIONS, BatchPredictor, calibration_sample,
-                         predict_volume, read_input_image)
+                         dropping_scores_below, predict_volume, read_input_image)
 from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -184,7 +184,9 @@ def main(argv=None):
                 output=args.output)
     meta = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     category_ids = dataset_category_ids(meta)
-    predictor = BatchPredictor(cfg, batch_size=args.batch_size, on_error="skip",
+    # Only detections >= --score-threshold are written: the box head need not pass on the rest.
+    predictor = BatchPredictor(dropping_scores_below(cfg, args.score_threshold),
+                               batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision,
                                calibration_images=calibration, box_head=args.box_head,
                                roi_align=args.roi_align)

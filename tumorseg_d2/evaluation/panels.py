@@ -8,8 +8,13 @@ from detectron2.data.detection_utils import read_image
 from tqdm import tqdm
 
 from ..drawing import contact_sheet, panel, save_rgb
-from ..predictor import BatchPredictor
+from ..predictor import BatchPredictor, dropping_scores_below
 from . import clinical
+
+# The probability tile shows the masks of the detections scoring at least Detectron2's default
+# box-head threshold, whatever lower one a config keeps for AP (the masks of up to 100 unlikely
+# boxes otherwise).
+PROBABILITY_MIN_SCORE = 0.05
 
 
 def visualize_split(cfg, dataset_name, output_dir, num=8, sort="worst", score_threshold=0.5,
@@ -22,7 +27,8 @@ def visualize_split(cfg, dataset_name, output_dir, num=8, sort="worst", score_th
     records = DatasetCatalog.get(dataset_name)
     if sort == "random":
         records = random.Random(seed).sample(records, min(num, len(records)))
-    predictor = BatchPredictor(cfg, batch_size=batch_size)
+    box_head_cfg = dropping_scores_below(cfg, min(PROBABILITY_MIN_SCORE, score_threshold))
+    predictor = BatchPredictor(box_head_cfg, batch_size=batch_size)
     preds = predictor([r["file_name"] for r in records], masks="rle", probability=True)
     rows = []
     for record, pred in zip(records, preds):
