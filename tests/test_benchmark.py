@@ -8,7 +8,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from detectron2.layers.mask_ops import paste_masks_in_image
 from detectron2.modeling import build_model
+from pycocotools import mask as mask_util
 
 from tumorseg_d2.benchmark.speed import (OURS_BF16_PLAIN, STAGES, TIMED_MODULES, PeakMemory,
                                          StageTimer, inference_variants, model_macs,
@@ -16,7 +18,8 @@ from tumorseg_d2.benchmark.speed import (OURS_BF16_PLAIN, STAGES, TIMED_MODULES,
 from tumorseg_d2.config import get_tumorseg_cfg, merge_config
 from tumorseg_d2.engine.amp import native_bf16_on_cpu
 from tumorseg_d2.modeling.int8_box_head import quantize_box_head
-from tumorseg_d2.predictor import BatchPredictor, calibration_sample
+from tumorseg_d2.predictions import rles_in_boxes
+from tumorseg_d2.predictor import BatchPredictor, autocast_mask_head, calibration_sample
 
 from conftest import CONFIGS, SCRATCH_CFG, TEST_DEVICE, TINY, predictor_cfg, run_tool
 
@@ -49,6 +52,85 @@ def test_onnxruntime_backbone_channels_last_and_gathered_roi_align_give_the_fp32
             np.testing.assert_allclose(r["scores"], ref["scores"], atol=1e-3, err_msg=str(options))
             np.testing.assert_allclose(r["boxes"], ref["boxes"], atol=0.1, err_msg=str(options))
             assert (r["masks"] != ref["masks"]).mean() < 1e-3, options
+
+
+def encoded(masks):
+    return [mask_util.encode(np.asfortranarray(m.astype(np.uint8))) for m in masks]
+
+
+def test_rles_in_boxes_are_detectron2s_pasted_masks_encoded():
+    """Pasting each mask over its box only and counting its runs from there gives the RLE of
+    Detectron2's image-sized pasted mask, byte for byte: random soft and hard masks, boxes inside,
+    on the edges and over the whole image, masks all 0 and all 1, images of odd sizes."""
+    g = torch.Generator().manual_seed(0)
+    compared = 0
+    for trial in range(120):
+        h, w = [(640, 640), (37, 53), (5, 7)][trial % 3]
+        n = int(torch.randint(0, 6, (1,), generator=g))
+        masks = torch.rand(n, 28, 28, generator=g)
+        if trial % 4 == 1:
+            masks = (masks > 0.3).float()
+        corners = torch.rand(n, 2, 2, generator=g) * torch.tensor([w, h])
+        lo, hi = corners.min(1).values, corners.max(1).values + 0.01
+        if trial % 5 == 0:  # the whole image
+            lo[:], hi[:] = 0, torch.tensor([w, h], dtype=torch.float32)
+        boxes = torch.cat([lo, torch.minimum(hi, torch.tensor([w, h]))], 1)
+        expected = encoded(paste_masks_in_image(masks, boxes, (h, w)).numpy())
+        assert rles_in_boxes(masks, boxes, (h, w)) == expected
+        compared += n
+    assert compared > 200
+    whole = torch.tensor([[0.0, 0.0, 53.0, 37.0]])
+    assert mask_util.decode(rles_in_boxes(torch.ones(1, 28, 28), whole, (37, 53)))[..., 0].all()
+    assert not mask_util.decode(rles_in_boxes(torch.zeros(1, 28, 28), whole, (37, 53))).any()
+    assert rles_in_boxes(torch.zeros(0, 28, 28), torch.zeros(0, 4), (37, 53)) == []
+
+
+def test_batch_predictor_rles_are_its_masks_encoded(checkpoint):
+    """The RLEs BatchPredictor encodes box by box are those of the image-sized masks it gives
+    as arrays, for every detection a slice keeps at the bf16 config's test settings."""
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    predictor = BatchPredictor(predictor_cfg(weights, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.001",
+                                                       "TEST.DETECTIONS_PER_IMAGE", "100"]))
+    arrays, rles = predictor(files, masks="array"), predictor(files, masks="rle")
+    assert sum(len(r["scores"]) for r in rles) > 2 * len(files)
+    for a, r in zip(arrays, rles):
+        np.testing.assert_array_equal(a["boxes"], r["boxes"])
+        assert encoded(a["masks"]) == r["masks"]
+
+
+def test_bf16_mask_head_computes_only_the_mask_head_in_bf16(checkpoint):
+    """The mask head's layers run in bfloat16, everything before them in fp32, so the boxes,
+    scores and classes are fp32's to the bit; the masks pasted from its logits cover nearly the
+    same pixels."""
+    weights, root = checkpoint
+    files = sorted(glob.glob(os.path.join(root, "test", "*.jpg")))
+    cfg = predictor_cfg(weights)
+    fp32, bf16 = BatchPredictor(cfg), BatchPredictor(cfg, mask_head="bf16")
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):  # returns None: the output is left as it is
+            seen.setdefault(name, output.dtype)
+        return hook
+    for name, module in (("backbone", bf16.model.backbone.bottom_up.stem.conv1),
+                         ("box head", bf16.model.roi_heads.box_head.fc1),
+                         ("mask head", bf16.model.roi_heads.mask_head.mask_fcn1)):
+        module.register_forward_hook(record(name))
+    reference, results = fp32(files, masks="array"), bf16(files, masks="array")
+    assert seen == {"backbone": torch.float32, "box head": torch.float32,
+                    "mask head": torch.bfloat16}
+    pixels = changed = 0
+    for ref, r in zip(reference, results):
+        for key in ("boxes", "scores", "classes"):
+            np.testing.assert_array_equal(ref[key], r[key])
+        pixels += ref["masks"].sum()
+        changed += (ref["masks"] != r["masks"]).sum()
+    assert pixels and changed / pixels < 0.01, (changed, pixels)
+    with pytest.raises(ValueError, match="mask_head is 'int8'"):
+        BatchPredictor(cfg, mask_head="int8")
+    with pytest.raises(ValueError, match="convolutional mask head"):
+        autocast_mask_head(torch.nn.Conv2d(1, 1, 1), torch.bfloat16)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "bf16-backbone"])

@@ -29,7 +29,7 @@ from .modeling.gather_roi_align import ROI_ALIGNS, use_gather_roi_align
 from .modeling.int8_box_head import BOX_HEADS, quantize_box_head
 from .modeling.onnx_backbone import RUNTIMES, use_onnxruntime_backbone
 from .modeling.tta import augmented_model
-from .predictions import from_instances, mask_and_scores
+from .predictions import from_instances, mask_and_scores, rles_in_boxes
 
 
 # Guard against decompression bombs: an MRI slice has well under a megapixel.
@@ -39,6 +39,7 @@ DEFAULT_MAX_PIXELS = 64 * 2**20
 # "bf16-backbone": ResNet and FPN (most of the compute) in bfloat16, the RPN and RoI heads, whose
 # box regression and scores decide AP, in float32.
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "bf16-backbone": torch.bfloat16}
+MASK_HEADS = ("fp32", "bf16")
 
 
 class InputImageError(ValueError):
@@ -185,7 +186,7 @@ class BatchPredictor:
 
     def __init__(self, cfg, batch_size=4, num_workers=2, on_error="raise", precision="fp32",
                  channels_last=True, backbone_runtime="torch", calibration_images=(),
-                 box_head="fp32", roi_align="torchvision"):
+                 box_head="fp32", roi_align="torchvision", mask_head="fp32"):
         """``precision="bf16"`` runs convolutions and matrix products in bfloat16 (autocast; boxes
         are still decoded in fp32), ``"bf16-backbone"`` only the backbone's (ResNet and FPN), its
         features handed to the heads in fp32; ``channels_last`` stores the model's convolution
@@ -199,7 +200,9 @@ class BatchPredictor:
         :mod:`tumorseg_d2.modeling.int8_box_head`); ``roi_align="gather"`` pools the regions of all
         FPN levels at once as weighted gathers instead of torchvision's region-by-region CPU
         kernel (the same values up to float rounding, several times faster on the CPU;
-        :mod:`tumorseg_d2.modeling.gather_roi_align`).
+        :mod:`tumorseg_d2.modeling.gather_roi_align`); ``mask_head="bf16"`` runs the mask head's
+        layers in bfloat16 (autocast; the masks are pasted from fp32 logits), worth it where a
+        slice keeps many detections on a CPU with native bfloat16.
         tools/benchmark.py measures each (README, Performance). bf16 pays only on CPUs with
         native bfloat16 (AVX-512 or AMX); elsewhere it is much slower, which is logged."""
         if on_error not in ("raise", "skip"):
@@ -231,6 +234,11 @@ class BatchPredictor:
                 raise ValueError("box_head 'int8' takes fp32 inputs; it does not combine with "
                                  "precision 'bf16' (use 'fp32' or 'bf16-backbone').")
             quantize_box_head(self.model)
+        if mask_head not in MASK_HEADS:
+            raise ValueError(f"mask_head is {mask_head!r}; use one of {MASK_HEADS}.")
+        if mask_head == "bf16":
+            slow_bf16_warning(torch.bfloat16, torch.device(cfg.MODEL.DEVICE).type)
+            autocast_mask_head(self.model, torch.bfloat16)
         self.resize = T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         if backbone_runtime == "onnxruntime":
             use_onnxruntime_backbone(self.model)
@@ -316,10 +324,15 @@ class BatchPredictor:
 
     def _result(self, raw, x, masks, probability):
         h, w = x["height"], x["width"]
-        if probability:  # carried through postprocessing, which may drop empty boxes
+        has_masks = raw.has("pred_masks")
+        if has_masks:  # carried through postprocessing, which may drop empty boxes
             raw.soft_masks = raw.pred_masks[:, 0]
+            if masks != "array":  # only arrays are pasted at the image's size
+                raw.remove("pred_masks")
         inst = detector_postprocess(raw, h, w).to("cpu")
         result = from_instances(inst, masks=masks)
+        if has_masks and masks == "rle":  # pasted and encoded box by box
+            result["masks"] = rles_in_boxes(inst.soft_masks, inst.pred_boxes.tensor, (h, w))
         if probability:
             # threshold < 0: paste the soft masks as uint8 0-255 instead of binarizing them.
             soft = paste_masks_in_image(inst.soft_masks, inst.pred_boxes, (h, w), threshold=-1)
@@ -349,6 +362,24 @@ def autocast_backbone(model, dtype):
             features = forward(images)
         return {name: f.float() for name, f in features.items()}
     backbone.forward = low_precision_forward
+    return model
+
+
+def autocast_mask_head(model, dtype):
+    """Run the mask head's layers (convolutions, upsampling, predictor) under autocast to
+    ``dtype`` and hand its logits on in float32: where the CPU multiplies bfloat16 natively, the
+    many RoIs of a slice that keeps every detection cost a fraction of their fp32 time."""
+    mask_head = getattr(getattr(model, "roi_heads", None), "mask_head", None)
+    if mask_head is None or not hasattr(mask_head, "layers"):
+        raise ValueError(f"mask_head 'bf16' needs a Mask R-CNN with a convolutional mask head "
+                         f"(MODEL.MASK_ON True); {type(model).__name__} has none: leave "
+                         "mask_head 'fp32'.")
+    layers, device_type = mask_head.layers, model.device.type
+
+    def low_precision_layers(x):
+        with torch.autocast(device_type, dtype=dtype):
+            return layers(x).float()
+    mask_head.layers = low_precision_layers
     return model
 
 

@@ -374,6 +374,11 @@ def inference_variants(cfg):
          dict(batch, backbone_runtime="onnxruntime-int8", channels_last=True,
               calibration_images=CALIBRATION_IMAGES, box_head="int8", roi_align="gather")),
     ]
+    # A slice keeps up to TEST.DETECTIONS_PER_IMAGE masks: with many, the mask head's
+    # convolutions are worth bf16 where it is native.
+    if onnx and native_bf16_on_cpu():
+        onnx.append((onnx[-1][0].replace(", channels-last", ", bf16 mask head, channels-last"),
+                     dict(onnx[-1][1], mask_head="bf16")))
     return [
         ("detectron2 DefaultPredictor, model-zoo size (reference)",
          {"runner": "DefaultPredictor", "size": ZOO_MIN_SIZE_TEST, "max_size": ZOO_MAX_SIZE_TEST}),
@@ -421,7 +426,8 @@ def batch_predictor_runner(cfg, settings):
                                backbone_runtime=settings.get("backbone_runtime", "torch"),
                                calibration_images=calibration,
                                box_head=settings.get("box_head", "fp32"),
-                               roi_align=settings.get("roi_align", "torchvision"))
+                               roi_align=settings.get("roi_align", "torchvision"),
+                               mask_head=settings.get("mask_head", "fp32"))
 
     def run(records):
         return predictor([r["file_name"] for r in records], masks="rle")

@@ -31,8 +31,9 @@ from ..predictions import above, dataset_category_ids, to_coco_results
 from ..modeling.gather_roi_align import ROI_ALIGNS
 from ..modeling.int8_box_head import BOX_HEADS
 from ..modeling.onnx_backbone import RUNTIMES
-from ..predictor import (CALIBRATION_IMAGES, PRECISIONS, BatchPredictor, calibration_sample,
-                         dropping_scores_below, predict_volume, read_input_image)
+from ..predictor import (CALIBRATION_IMAGES, MASK_HEADS, PRECISIONS, BatchPredictor,
+                         calibration_sample, dropping_scores_below, predict_volume,
+                         read_input_image)
 from .common import add_overrides, command_parser
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -63,6 +64,9 @@ def parse_args(argv=None):
                    help="gather: pool the regions of all FPN levels at once as weighted gathers "
                         "instead of torchvision's region-by-region CPU kernel; same values, "
                         "faster (README, Performance)")
+    p.add_argument("--mask-head", choices=MASK_HEADS, default="fp32",
+                   help="bf16: the mask head's layers in bfloat16; pays on CPUs with native "
+                        "bfloat16 where slices keep many detections (README, Performance)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="bf16: autocast convolutions and matrix products to bfloat16; "
                         "bf16-backbone: only ResNet and FPN's, the heads in fp32")
@@ -189,7 +193,7 @@ def main(argv=None):
                                batch_size=args.batch_size, on_error="skip",
                                backbone_runtime=args.backbone_runtime, precision=args.precision,
                                calibration_images=calibration, box_head=args.box_head,
-                               roi_align=args.roi_align)
+                               roi_align=args.roi_align, mask_head=args.mask_head)
     results, detections, start, done, errors = [], 0, time.time(), 0, []
     for batch in tqdm(predictor.batches(paths), total=math.ceil(len(paths) / args.batch_size),
                       desc="predicting", unit="batch"):
