@@ -1,12 +1,30 @@
 """The distributed path (Detectron2's launch, torch.distributed) on CPU processes with gloo."""
+import atexit
 import json
 import os
 
 import torch
+import torch.distributed as dist
 
 from conftest import CONFIGS, SCRATCH_CFG, TINY, run_tool
 
 TWO_PROCESSES = ["--num-gpus", "0", "--num-processes", "2", "--dist-url", "auto"]
+
+
+def _record_the_group_at_exit(out_dir):
+    """Runs in each worker: at interpreter shutdown, write whether a process group is still up."""
+    path = os.path.join(out_dir, f"rank{dist.get_rank()}.txt")
+    atexit.register(lambda: open(path, "w").write(str(dist.is_initialized())))
+
+
+def test_each_process_leaves_its_group_before_the_interpreter_shuts_down(tmp_path):
+    """A group left to interpreter shutdown can abort a finished worker (SIGABRT from gloo's
+    threads), failing a run whose work was done; launch destroys it when the work returns."""
+    from tumorseg_d2.engine.launch import launch
+
+    launch(_record_the_group_at_exit, 0, num_processes=2, dist_url="auto", args=(str(tmp_path),))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank0.txt", "rank1.txt"]
+    assert {p.read_text() for p in tmp_path.iterdir()} == {"False"}
 
 
 def test_two_processes_train_validate_early_stop_and_checkpoint(phantom_root, tmp_path):

@@ -20,9 +20,9 @@ def launch(main_func, num_gpus_per_machine, num_processes=0, num_machines=1, mac
     machine with the gloo backend. Either way every process sees the same torch.distributed world,
     Detectron2's ``comm`` helpers work, and ranks are numbered machine by machine."""
     if num_processes <= 0:
-        return detectron2_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
-                                 machine_rank=machine_rank, dist_url=dist_url, args=args,
-                                 timeout=timeout)
+        return detectron2_launch(_run_and_leave_group, num_gpus_per_machine,
+                                 num_machines=num_machines, machine_rank=machine_rank,
+                                 dist_url=dist_url, args=(main_func, args), timeout=timeout)
     world_size = num_machines * num_processes
     if world_size == 1:
         return main_func(*args)
@@ -53,4 +53,15 @@ def _cpu_worker(local_rank, main_func, world_size, num_processes, machine_rank, 
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
     comm.synchronize()
-    main_func(*args)
+    _run_and_leave_group(main_func, args)
+
+
+def _run_and_leave_group(main_func, args):
+    """Run ``main_func(*args)``, then destroy the process group while the interpreter is alive.
+    Left to interpreter shutdown, gloo's worker threads can outlive it and the process aborts
+    ("terminate called without an active exception", SIGABRT) after its work is done."""
+    try:
+        return main_func(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
