@@ -635,7 +635,8 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
     result = {"machine": machine(), "dataset": dataset_name, "weights": cfg.MODEL.WEIGHTS or None,
               "config": {"MIN_SIZE_TEST": cfg.INPUT.MIN_SIZE_TEST,
                          "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
-                         "backbone_depth": cfg.MODEL.RESNETS.DEPTH}}
+                         "backbone_depth": cfg.MODEL.RESNETS.DEPTH,
+                         "KEEP_FREED_MEMORY": cfg.KEEP_FREED_MEMORY}}
     device = cfg.MODEL.DEVICE
     limits = {"fp32": matmul_gflops(torch.float32, device),
               "bf16": matmul_gflops(torch.bfloat16, device)}
