@@ -94,10 +94,6 @@ def add_tumorseg_config(cfg):
     # (tools/predict.py --roi-align; BatchPredictor is channels-last).
     cfg.MODEL.ROI_ALIGN = "torchvision"
     cfg.MODEL.CHANNELS_LAST = False
-    # The process keeps freed memory for reuse instead of giving large blocks back to the system
-    # and faulting their pages in again on the next allocation (glibc's malloc; Linux only; no
-    # effect on results). Set once per process by the commands' set-up (tumorseg_d2/engine/memory.py).
-    cfg.KEEP_FREED_MEMORY = False
     # The semantic-segmentation baselines (tumorseg_d2/modeling/pixel_seg.py).
     cfg.MODEL.PIXEL_SEG = CN()
     cfg.MODEL.PIXEL_SEG.INPUT_SIZE = 256  # the network sees S x S

@@ -278,34 +278,52 @@ def benchmark_training(cfg, warmup, iters, rounds):
     return out
 
 
+def _page_faults():
+    """Minor page faults of this process so far (pages touched for the first time since they
+    were mapped); None where the system does not count them."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 class _ProfileSteps(HookBase):
-    """torch.profiler over iterations ``first`` to ``first + count - 1``."""
+    """torch.profiler over iterations ``first`` to ``first + count - 1``, and the page faults
+    of those iterations."""
 
     def __init__(self, first, count):
         self.first, self.last, self.profiler = first, first + count - 1, None
+        self.page_faults = None
 
     def before_step(self):
         if self.trainer.iter == self.first:
             self.profiler = torch.profiler.profile(activities=[
                 torch.profiler.ProfilerActivity.CPU])
             self.profiler.__enter__()
+            self._faults_before = _page_faults()
 
     def after_step(self):
         if self.trainer.iter == self.last:
             self.profiler.__exit__(None, None, None)
+            if self._faults_before is not None:
+                self.page_faults = _page_faults() - self._faults_before
 
 
 def profile_training(cfg, warmup, iters, top=20):
     """Where an iteration of training goes: our Trainer on ``cfg`` as it is (its optimizer,
     precision, RoIAlign and layout; no validation), ``iters`` iterations under torch.profiler
     after ``warmup``. The ``top`` operators by self CPU time (summed over threads, so shares
-    are of all the CPU time the profiler saw), in ms per iteration."""
+    are of all the CPU time the profiler saw), in ms per iteration; and the process's page faults
+    per iteration (each a page of memory touched for the first time since it was mapped)."""
     profiler = _ProfileSteps(warmup, iters)
     times = training_step_times(Trainer, cfg, warmup, iters, optimizer=None, hooks=[profiler])
     events = sorted(profiler.profiler.key_averages(), key=lambda e: e.self_cpu_time_total,
                     reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
+    faults = profiler.page_faults
     return {"seconds_per_iter": statistics.median(times),
+            "page_faults_per_iter": None if faults is None else faults / iters,
             "operators": [{"name": e.key, "ms_per_iter": e.self_cpu_time_total / 1e3 / iters,
                            "share": e.self_cpu_time_total / total, "calls_per_iter":
                            e.count / iters} for e in events[:top]],
@@ -313,6 +331,10 @@ def profile_training(cfg, warmup, iters, top=20):
                        "AMP": cfg.SOLVER.AMP.PRECISION if cfg.SOLVER.AMP.ENABLED else "off",
                        "ROI_ALIGN": cfg.MODEL.ROI_ALIGN, "CHANNELS_LAST": cfg.MODEL.CHANNELS_LAST,
                        "warmup_iters": warmup, "iters_profiled": iters}}
+
+
+def _faults_text(faults):
+    return "" if faults is None else f"; {faults:,.0f} page faults/iteration"
 
 
 def loader_batch_times(loader, warmup, batches):
@@ -635,8 +657,7 @@ def run_benchmarks(cfg, dataset_name, sections, save, repeats=3, warmup_images=8
     result = {"machine": machine(), "dataset": dataset_name, "weights": cfg.MODEL.WEIGHTS or None,
               "config": {"MIN_SIZE_TEST": cfg.INPUT.MIN_SIZE_TEST,
                          "MIN_SIZE_TRAIN": list(cfg.INPUT.MIN_SIZE_TRAIN),
-                         "backbone_depth": cfg.MODEL.RESNETS.DEPTH,
-                         "KEEP_FREED_MEMORY": cfg.KEEP_FREED_MEMORY}}
+                         "backbone_depth": cfg.MODEL.RESNETS.DEPTH}}
     device = cfg.MODEL.DEVICE
     limits = {"fp32": matmul_gflops(torch.float32, device),
               "bf16": matmul_gflops(torch.bfloat16, device)}
@@ -719,7 +740,7 @@ def markdown(result):
         lines += [f"Where training spends its time ({c['iters_profiled']} iterations under "
                   f"torch.profiler, {c['optimizer']}, AMP {c['AMP']}, RoIAlign {c['ROI_ALIGN']}, "
                   f"channels-last {c['CHANNELS_LAST']}; {t['seconds_per_iter']:.3f} s/iteration "
-                  "with the profiler on):", "",
+                  "with the profiler on" + _faults_text(t.get("page_faults_per_iter")) + "):", "",
                   markdown_table(["operator (self time)", "ms/iteration", "share", "calls/iteration"],
                                  [[o["name"], f"{o['ms_per_iter']:.1f}", f"{100 * o['share']:.1f}%",
                                    f"{o['calls_per_iter']:.0f}"] for o in t["operators"]]), ""]

@@ -15,7 +15,7 @@ from detectron2.utils.logger import setup_logger
 from ..benchmark.speed import first_images, run_benchmarks, save_results
 from ..config import config_path, get_tumorseg_cfg, merge_config, validate_config
 from ..data import register_datasets
-from ..engine.run import apply_memory_setting, final_weights, use_cpu_without_gpu
+from ..engine.run import final_weights, use_cpu_without_gpu
 from ..evaluation.pipeline import dataset_for
 from ..files import refuse_output_in_training_run
 from .common import add_overrides, command_parser
@@ -56,7 +56,6 @@ def main(argv=None):
     if not cfg.MODEL.WEIGHTS:
         cfg.MODEL.WEIGHTS = final_weights(cfg.OUTPUT_DIR) or ""
     cfg.freeze()
-    apply_memory_setting(cfg)  # process-wide: Detectron2's runs here share it
     register_datasets(cfg)
     name = dataset_for(cfg, args.split)  # the one-class split for a class-agnostic config
     if args.images:

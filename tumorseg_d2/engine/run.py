@@ -3,7 +3,6 @@
 import argparse
 import logging
 import os
-import platform
 import tempfile
 
 import torch
@@ -20,7 +19,6 @@ from ..files import (lock_folder, refuse_output_in_training_run, training_run_of
 from ..evaluation.pipeline import evaluate_results
 from ..evaluation.report import summary_lines
 from ..modeling.tta import augmentation_text, augmented_model
-from .memory import keep_freed_memory
 from .trainer import Trainer, check_num_classes
 
 logger = logging.getLogger("tumorseg_d2")
@@ -61,7 +59,6 @@ def setup(config_file, opts=(), *, training=False, resume=False, weights=None, c
     stale = lock_folder(cfg.OUTPUT_DIR) if training and comm.is_main_process() else None
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tumorseg_d2")
-    apply_memory_setting(cfg)
     if stale:
         logger.info(f"Took over the lock of an earlier run that has ended ({stale}).")
     if output is None and cfg.OUTPUT_DIR != configured:
@@ -75,13 +72,6 @@ def setup(config_file, opts=(), *, training=False, resume=False, weights=None, c
             cfg.DATASETS.TEST
     check_at_start(check, cfg.DATASETS.CHECK, logger)
     return cfg
-
-
-def apply_memory_setting(cfg):
-    """KEEP_FREED_MEMORY for this process (Detectron2's default_setup sets CUDNN_BENCHMARK alike)."""
-    if cfg.KEEP_FREED_MEMORY and not keep_freed_memory():
-        logger.warning("KEEP_FREED_MEMORY True has no effect here: the C library is not glibc "
-                       f"({platform.system()}). Set KEEP_FREED_MEMORY False to silence this.")
 
 
 def beside_training_run(output_dir):
