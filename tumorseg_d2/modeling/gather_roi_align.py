@@ -139,6 +139,7 @@ class _PixelTable(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
+        grad = grad.contiguous()  # rows of it are viewed as maps
         return tuple(grad[start:start + count].view(n, h, w, c).permute(0, 3, 1, 2).to(dtype)
                      for (n, c, h, w), dtype, start, count in ctx.layout)
 
