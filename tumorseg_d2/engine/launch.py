@@ -1,5 +1,6 @@
 """Detectron2's ``launch`` for GPUs, and the same set-up on CPU processes (gloo), so that the
 distributed path can run, and be tested, on a machine without a GPU."""
+import gc
 import logging
 import os
 
@@ -45,23 +46,38 @@ def _cpu_worker(local_rank, main_func, world_size, num_processes, machine_rank, 
         logger.error(f"Could not join the process group at {dist_url} as rank {rank} of "
                      f"{world_size}.")
         raise
-    # The per-machine group that Detectron2's GPU worker makes (comm.get_local_rank uses it).
-    for machine in range(world_size // num_processes):
-        group = dist.new_group(list(range(machine * num_processes, (machine + 1) * num_processes)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    # The per-machine group that Detectron2's GPU worker makes (comm.get_local_rank uses it). No
+    # other reference to it may outlive the work (see _leave_process_groups), so no local name.
+    comm._LOCAL_PROCESS_GROUP = _per_machine_groups(world_size, num_processes)[machine_rank]
     if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // num_processes))
     comm.synchronize()
     _run_and_leave_group(main_func, args)
 
 
+def _per_machine_groups(world_size, num_processes):
+    """One group per machine, its processes' ranks; every process makes all of them, in order."""
+    return [dist.new_group(list(range(first, first + num_processes)))
+            for first in range(0, world_size, num_processes)]
+
+
 def _run_and_leave_group(main_func, args):
-    """Run ``main_func(*args)``, then destroy the process group while the interpreter is alive.
-    Left to interpreter shutdown, gloo's worker threads can outlive it and the process aborts
-    ("terminate called without an active exception", SIGABRT) after its work is done."""
+    """Run ``main_func(*args)``, then stop the process groups' threads while the interpreter is
+    alive. Left to interpreter shutdown, gloo's threads (and the TCP store's) are torn down during
+    finalization and the process can abort ("terminate called without an active exception",
+    SIGABRT) after its work is done."""
     try:
         return main_func(*args)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        _leave_process_groups()
+
+
+def _leave_process_groups():
+    """Destroy the process groups and drop every reference to them, so that their threads end now:
+    destroy_process_group alone leaves a group's threads running while anything still holds it."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    # Detectron2's comm keeps two: the per-machine group and, cached, its gloo group.
+    comm._LOCAL_PROCESS_GROUP = None
+    comm._get_global_gloo_group.cache_clear()
+    gc.collect()  # a DistributedDataParallel in a reference cycle (a trainer's) holds its group
