@@ -4,9 +4,9 @@
 # output/gpu; BENCH_ARGS adds benchmark options (e.g. "--images 8" for a quick look). Each step fits the device tool's 10 minutes per command.
 #
 #   bash install/gpu_session.sh check
-#       the machine and versions; tests/test_cuda.py; training images/s of the R50-FPN 640 px
-#       config beside Detectron2's DefaultTrainer, AMP off and on; then the whole suite with its
-#       pipeline tests on CUDA (TUMORSEG_TEST_DEVICE=cuda) until the step's time is up
+#       the machine and versions; training images/s of the R50-FPN 640 px config beside
+#       Detectron2's DefaultTrainer, AMP off and on; then the whole suite with its pipeline tests
+#       on CUDA (TUMORSEG_TEST_DEVICE=cuda), tests/test_cuda.py first, until the step's time is up
 #   bash install/gpu_session.sh train ITERS AMP [infer] [bench] [KEY VALUE ...]
 #       R50-FPN 640 px from scratch for ITERS iterations with SOLVER.AMP.ENABLED AMP (True|False),
 #       then the test split and its report; "infer": then the inference benchmark (BatchPredictor
@@ -22,7 +22,8 @@ deadline=$((SECONDS + ${STEP_SECONDS:-540}))
 step=${1:?usage: gpu_session.sh check | train ITERS AMP [infer] [bench] [KEY VALUE ...]}
 shift
 
-left() { echo $((deadline - SECONDS)); }
+# At least 1: "timeout 0" would mean no limit at all.
+left() { local s=$((deadline - SECONDS)); echo $((s > 1 ? s : 1)); }
 
 case $step in
 check)
@@ -34,16 +35,24 @@ print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', t
 print('gpu', torch.cuda.get_device_name(0), 'cpus', __import__('os').cpu_count())"
     } > "$OUT/env.txt" 2>&1
     cat "$OUT/env.txt"
-    TUMORSEG_TEST_DEVICE=cuda timeout "$(left)" python3 -m pytest tests/test_cuda.py -v \
-        -p no:cacheprovider 2>&1 | tee "$OUT/test_cuda.log" | tail -15
+    # The timing first, on an otherwise idle machine.
     timeout "$(left)" python3 tools/benchmark.py --config-file $CFG --sections limit,train \
         --train-iters 15 --train-rounds 2 --output "$OUT/bench_train" "$@" \
         > "$OUT/bench_train.log" 2>&1
     tail -30 "$OUT/bench_train.log"
-    # Real-data tests skip: the packed subset is not the whole export they check.
-    DETECTRON2_DATASETS= TUMORSEG_TEST_DEVICE=cuda timeout "$(left)" python3 -m pytest tests \
-        -v -p no:cacheprovider --deselect tests/test_cuda.py \
-        --deselect tests/test_install.py 2>&1 | tee "$OUT/suite.log" | tail -25
+    # Then the suite, its small pipeline runs on CUDA, spread over the cores by pytest-xdist (in
+    # the image; one thread a worker), tests/test_cuda.py and the files whose runs take their
+    # device from TUMORSEG_TEST_DEVICE first. Real-data tests skip (the packed subset is not the
+    # whole export they check); left out: Ray Tune's test (Ray is not in the image and is too
+    # large to carry) and test_install.py (it needs the registry).
+    cuda_files=$(grep -l "TINY\|TEST_DEVICE" tests/test_*.py | grep -v -x tests/test_cuda.py)
+    rest=$(ls tests/test_*.py | grep -v -F -x -e tests/test_cuda.py -e tests/test_install.py \
+        $(printf -- ' -e %s' $cuda_files))
+    workers=$(python3 -c "import xdist" 2>/dev/null && echo "-n ${SUITE_WORKERS:-14}")
+    OMP_NUM_THREADS=1 DETECTRON2_DATASETS= TUMORSEG_TEST_DEVICE=cuda timeout "$(left)" \
+        python3 -m pytest -p no:cacheprovider -v -rfEs --durations=20 $workers \
+        --deselect tests/test_sweep.py::test_sweep_with_ray_backend \
+        tests/test_cuda.py $cuda_files $rest 2>&1 | tee "$OUT/suite.log" | tail -40
     ;;
 train)
     iters=${1:?ITERS}; amp=${2:?AMP True|False}; shift 2
